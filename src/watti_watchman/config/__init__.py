@@ -1,0 +1,1 @@
+"""Configuration: YAML → env substitution → JSON-schema validation → typed objects → resolution."""

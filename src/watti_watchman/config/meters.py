@@ -1,0 +1,55 @@
+"""Configuration of meters (`meters[]`), one model per `type`."""
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from watti_watchman.config.base import ConfigModel
+from watti_watchman.config.mqtt import Name, Port
+
+
+class JanitzaConfig(ConfigModel):
+    """A Janitza UMG power meter read over Modbus TCP (or RTU frames over TCP)."""
+
+    type: Literal["Janitza"]
+    name: Name
+    host: str = Field(min_length=1)
+    port: Port = 502
+    unit: int = Field(default=1, ge=0, le=247, description="Modbus unit id (slave address).")
+    framing: Literal["tcp", "rtu_over_tcp"] = Field(
+        default="tcp", description="tcp: Modbus TCP / gateway mode; rtu_over_tcp: transparent bridge."
+    )
+    timeout: float = Field(default=0.5, gt=0, le=10, description="Connect and read timeout (s).")
+    invert: bool = Field(default=False, description="Negate powers and swap import/export (reversed CTs).")
+    interval: float = Field(
+        default=0.2, gt=0, le=60, description="Meter refresh period (s); the poller aligns to it."
+    )
+    max_age: float = Field(default=1.0, gt=0, le=60, description="A reading older than this is stale (s).")
+    start_address: int = Field(default=19000, ge=0, le=65535, description="First register of the block.")
+
+
+class VictronConfig(ConfigModel):
+    """A Victron GX device (Venus OS) reached over MQTT: readings plus ESS mode-3 setpoints."""
+
+    type: Literal["Victron"]
+    name: Name
+    mqtt_connection_name: Name
+    id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9]+$",
+        description="Portal id (VRM id); omitted: discovered when exactly one GX answers.",
+    )
+    soc_source: Literal["auto", "system", "battery", "vebus"] = Field(
+        default="auto", description="auto prefers system/0/Dc/Battery/Soc, then battery, then vebus."
+    )
+    vebus_instance: int | None = Field(default=None, ge=0, description="Discovered when omitted.")
+    battery_instance: int | None = Field(default=None, ge=0, description="Discovered when omitted.")
+    keepalive: Literal["auto", "flashmq", "legacy"] = Field(
+        default="auto", description="Keepalive dialect: FlashMQ options or the old dbus-mqtt bridge."
+    )
+    max_age: float = Field(
+        default=10.0, gt=0, le=120, description="GX silent (no heartbeat) for longer: values stale (s)."
+    )
+
+
+MeterConfig = Annotated[JanitzaConfig | VictronConfig, Field(discriminator="type")]

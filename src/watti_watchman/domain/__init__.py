@@ -1,0 +1,1 @@
+"""Pure logic: readings, the control law, limits. No I/O, no asyncio, no clock reads."""

@@ -1,0 +1,1 @@
+"""Adapters that own a device connection and publish typed snapshots into `Latest` holders."""

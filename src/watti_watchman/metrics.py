@@ -1,0 +1,71 @@
+"""Prometheus exposition from in-memory snapshots: components yield families, merged here."""
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+PHASES = ("l1", "l2", "l3")
+
+
+class MetricSource(Protocol):
+    """Anything that can describe its current state as metric families (no I/O, no waiting)."""
+
+    def collect_metrics(self) -> Iterable[Metric]:
+        """Families for the current snapshot; the same family may come from several sources."""
+        ...
+
+
+class MergingCollector:
+    """One prometheus_client collector over many sources; same-named families are merged.
+
+    Merging keeps each family contiguous with one HELP/TYPE even when several meters of one
+    type export it.
+    """
+
+    def __init__(self) -> None:
+        self._sources: list[Callable[[], Iterable[Metric]]] = []
+        self.last_render_s = 0.0
+
+    def add(self, source: MetricSource | Callable[[], Iterable[Metric]]) -> None:
+        """Register a source (an object with `collect_metrics` or a plain callable)."""
+        collect: Callable[[], Iterable[Metric]] = getattr(source, "collect_metrics", source)
+        self._sources.append(collect)
+
+    def collect(self) -> Iterable[Metric]:
+        """prometheus_client hook: every source's families, merged by name."""
+        merged: dict[str, Metric] = {}
+        for collect in self._sources:
+            for family in collect():
+                existing = merged.get(family.name)
+                if existing is None:
+                    merged[family.name] = family
+                else:
+                    existing.samples.extend(family.samples)
+        return merged.values()
+
+
+class Exposition:
+    """The /metrics body, rendered on demand from the registered sources."""
+
+    def __init__(self) -> None:
+        self.collector = MergingCollector()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.collector)
+        self.render_seconds: list[float] = []
+
+    def add(self, source: MetricSource | Callable[[], Iterable[Metric]]) -> None:
+        """Register a metric source."""
+        self.collector.add(source)
+
+    def render(self) -> bytes:
+        """Text exposition format 0.0.4 of the current snapshots."""
+        started = time.perf_counter()
+        body: bytes = generate_latest(self.registry)
+        self.render_seconds.append(time.perf_counter() - started)
+        del self.render_seconds[:-1000]
+        return body

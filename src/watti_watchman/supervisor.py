@@ -1,0 +1,63 @@
+"""Reconnect supervision: connect → run → on a transient error back off and start afresh."""
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+
+from watti_watchman.failures import FailureLog
+
+
+class Backoff:
+    """Capped, jittered exponential backoff (s); `reset()` after a healthy connection."""
+
+    def __init__(self, initial_s: float = 0.2, cap_s: float = 10.0, rng: random.Random | None = None) -> None:
+        self.initial_s = initial_s
+        self.cap_s = cap_s
+        self._attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay_s(self) -> float:
+        """The delay before the next attempt: full jitter over initial·2^n, capped."""
+        ceiling = min(self.cap_s, self.initial_s * (2**self._attempt))
+        self._attempt = min(self._attempt + 1, 30)
+        delay_s: float = ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+        return delay_s
+
+    def reset(self) -> None:
+        """Start again from the initial delay."""
+        self._attempt = 0
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError)
+
+
+async def supervise(
+    session: Callable[[], Awaitable[None]],
+    *,
+    failures: FailureLog,
+    backoff: Backoff,
+    classify: Callable[[BaseException], str | None],
+    on_reconnect: Callable[[], None] = lambda: None,
+) -> None:
+    """Run `session` forever; on an exception `classify` names (transient) wait and run again.
+
+    `classify` returns a reason label for transient errors and None for programming errors,
+    which propagate. `session` should call `backoff.reset()` once it is healthy.
+    """
+    first = True
+    while True:
+        if not first:
+            on_reconnect()
+        first = False
+        try:
+            await session()
+            reason, detail = "session_ended", "connection closed"
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            reason_or_none = classify(error)
+            if reason_or_none is None:
+                raise
+            reason, detail = reason_or_none, f"{type(error).__name__}: {error}"
+        failures.failure(reason, detail)
+        await asyncio.sleep(backoff.next_delay_s())

@@ -1,0 +1,1 @@
+"""Pytest fixtures for real pymodbus servers serving Janitza register images."""

@@ -33,7 +33,7 @@ class MergingCollector:
 
     def add(self, source: MetricSource | Callable[[], Iterable[Metric]]) -> None:
         """Register a source (an object with `collect_metrics` or a plain callable)."""
-        collect: Callable[[], Iterable[Metric]] = getattr(source, "collect_metrics", source)
+        collect: Callable[[], Iterable[Metric]] = getattr(source, "collect_metrics", None) or source  # type: ignore[assignment]
         self._sources.append(collect)
 
     def collect(self) -> Iterable[Metric]:

@@ -44,7 +44,7 @@ class SettingsHolder:
     def set_target(self, value: object) -> RuntimeSettings:
         """Validate and apply a new target (W); raises SettingRejectedError."""
         try:
-            target = float(value)
+            target = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError) as error:
             raise SettingRejectedError(f"target {value!r} is not a number") from error
         bounds = self.target_range
@@ -58,6 +58,6 @@ class SettingsHolder:
         """Validate and apply a new mode; raises SettingRejectedError."""
         if value not in MODES:
             raise SettingRejectedError(f"mode {value!r} not one of {', '.join(MODES)}")
-        self.current = replace(self.current, mode=value)  # type: ignore[arg-type]
+        self.current = replace(self.current, mode=value)
         self.changes_total += 1
         return self.current

@@ -18,6 +18,7 @@ HOST = "127.0.0.1"
 class TestBroker(Protocol):
     """A broker a test can stop and start again on the same port."""
 
+    __test__ = False
     host: str
     port: int
     kind: str

@@ -22,9 +22,9 @@ CAPABILITIES: dict[type[MeterConfig], frozenset[Capability]] = {
     VictronConfig: frozenset({"power", "battery_controller"}),
 }
 CAPABILITY_TEXT: dict[Capability, str] = {
-    "power": "delivers power readings",
-    "grid_values": "delivers full grid meter values (a Janitza meter)",
-    "battery_controller": "accepts battery setpoints (a Victron meter)",
+    "power": "deliver power readings",
+    "grid_values": "deliver full grid meter values (a Janitza meter)",
+    "battery_controller": "accept battery setpoints (a Victron meter)",
 }
 
 

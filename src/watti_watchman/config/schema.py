@@ -5,7 +5,7 @@ from typing import Any
 
 from watti_watchman.config.model import WattiConfig
 
-SCHEMA_ID = "https://github.com/watti-watchman/watti-watchman/dist/schema.json"
+SCHEMA_ID = "urn:watti-watchman:config:v1"
 
 
 def _close_pattern_properties(node: Any) -> None:

@@ -1,0 +1,150 @@
+"""Command line: run, check, schema, read-meter, demo, simulate."""
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from watti_watchman import __version__
+from watti_watchman.config.loader import ConfigError, load_config
+from watti_watchman.config.meters import JanitzaConfig, VictronConfig
+from watti_watchman.config.resolve import ResolvedConfig
+from watti_watchman.config.schema import schema_text
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+DEFAULT_CONFIG = Path("watti_watchman.yml")
+logger = logging.getLogger("watti_watchman")
+
+
+def _parser() -> argparse.ArgumentParser:
+    config_opt = argparse.ArgumentParser(add_help=False)
+    config_opt.add_argument(
+        "-c", "--config", type=Path, default=DEFAULT_CONFIG, help="configuration file (default: %(default)s)"
+    )
+    parser = argparse.ArgumentParser(
+        prog="watti-watchman", description="Zero feed-in control of a Victron ESS from Janitza meters."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level (default: %(default)s)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", parents=[config_opt], help="run every configured meter and service")
+    run.add_argument("--dry-run", action="store_true", help="compute and export setpoints, write none")
+    commands.add_parser("check", parents=[config_opt], help="validate the configuration and summarise it")
+    commands.add_parser("schema", help="print the JSON schema of the configuration file")
+    read_meter = commands.add_parser("read-meter", parents=[config_opt], help="read one meter once")
+    read_meter.add_argument("meter", metavar="NAME", help="name of a Janitza meter in the configuration")
+    demo = commands.add_parser("demo", help="simulated plant + embedded broker + live status page")
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument("--port", type=int, default=9292, help="HTTP port on 127.0.0.1 (0 = any free)")
+    demo.add_argument("--scenario", default="demo", help="load scenario (default: %(default)s)")
+    simulate = commands.add_parser("simulate", help="plant + control law faster than real time")
+    simulate.add_argument("--scenario", required=True, help="scenario name or YAML file")
+    simulate.add_argument("--plant", default="medium", help="plant preset (fast, medium, slow)")
+    simulate.add_argument("--controller", default="watti", choices=["watti", "reference"])
+    simulate.add_argument("--plot", type=Path, default=None, help="write an HTML plot to this file")
+    return parser
+
+
+def _load(path: Path) -> ResolvedConfig:
+    return load_config(path)
+
+
+def _summary(resolved: ResolvedConfig, path: Path) -> str:
+    config = resolved.config
+    lines = [f"configuration OK: {path}"]
+    for connection in config.mqtt_connections:
+        tls = " (TLS)" if connection.tls_config() else ""
+        lines.append(f"  mqtt connection {connection.name}: {connection.host}:{connection.port}{tls}")
+    for meter in config.meters:
+        if isinstance(meter, JanitzaConfig):
+            where = f"{meter.host}:{meter.port} unit {meter.unit} ({meter.framing})"
+            extra = ", inverted" if meter.invert else ""
+            lines.append(f"  meter {meter.name}: Janitza at {where}{extra}")
+        elif isinstance(meter, VictronConfig):
+            portal = meter.id or "discovered"
+            lines.append(
+                f"  meter {meter.name}: Victron GX via {meter.mqtt_connection_name}, portal id {portal}"
+            )
+    for service in config.services:
+        fields = service.model_dump(exclude={"type", "name"})
+        shown = ", ".join(
+            f"{k}={v}" for k, v in fields.items() if k.endswith("_name") or k in {"target_setpoint", "mode"}
+        )
+        lines.append(f"  service {service.type} '{service.name}': {shown}")
+    lines.append(f"  http: {config.http.host}:{config.http.port}")
+    return "\n".join(lines)
+
+
+async def _run_until_signal(resolved: ResolvedConfig, dry_run: bool) -> None:
+    from watti_watchman.app import Application  # noqa: PLC0415 - keep `check`/`schema` light
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await Application(resolved, dry_run=dry_run).run(stop)
+
+
+async def _read_meter(resolved: ResolvedConfig, name: str) -> int:
+    from watti_watchman.meters.janitza import JanitzaReadError, format_reading, read_meter  # noqa: PLC0415
+
+    meter = resolved.meters.get(name)
+    if not isinstance(meter, JanitzaConfig):
+        known = ", ".join(m.name for m in resolved.config.meters if isinstance(m, JanitzaConfig))
+        print(f"no Janitza meter named {name!r} (known: {known or 'none'})", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        reading = await read_meter(meter)
+    except JanitzaReadError as error:
+        print(f"{name}: cannot read {meter.host}:{meter.port} unit {meter.unit}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(format_reading(reading))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `watti-watchman` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if args.command == "schema":
+        sys.stdout.write(schema_text())
+        return EXIT_OK
+    if args.command == "demo":
+        from watti_watchman.sim.demo import run_demo  # noqa: PLC0415
+
+        return asyncio.run(run_demo(duration_s=args.duration, port=args.port, scenario=args.scenario))
+    if args.command == "simulate":
+        from watti_watchman.sim.simulate import run_simulate  # noqa: PLC0415
+
+        return run_simulate(args.scenario, args.plant, args.controller, args.plot)
+    try:
+        resolved = _load(args.config)
+    except ConfigError as error:
+        print(f"{args.config}: invalid configuration", file=sys.stderr)
+        for issue in error.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        print(_summary(resolved, args.config))
+        return EXIT_OK
+    if args.command == "read-meter":
+        return asyncio.run(_read_meter(resolved, args.meter))
+    asyncio.run(_run_until_signal(resolved, args.dry_run))
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""MqttSession against a real broker: subscribe/publish, drops while down, reconnect after restart."""
+
+import asyncio
+import contextlib
+
+import pytest
+
+from tests.support.brokers import TestBroker
+from tests.support.waiting import wait_until
+from watti_watchman.clock import monotonic
+from watti_watchman.config.mqtt import MqttConnectionConfig
+from watti_watchman.mqtt import LastWill, MqttSession, NotConnectedError
+
+
+async def test_publish_subscribe_reconnect_and_will(
+    broker: TestBroker, mqtt_connection: MqttConnectionConfig, unique_id: str
+) -> None:
+    received: list[tuple[str, bytes]] = []
+
+    async def subscribe(session: MqttSession) -> None:
+        await session.subscribe(f"{unique_id}/#")
+
+    listener = MqttSession(
+        mqtt_connection,
+        "listener",
+        clock=monotonic,
+        on_connect=subscribe,
+        on_message=lambda topic, payload, _retained: received.append((topic, payload)),
+    )
+    talker = MqttSession(
+        mqtt_connection, "talker", clock=monotonic, will=LastWill(f"{unique_id}/status", b"offline")
+    )
+    with pytest.raises(NotConnectedError):
+        await talker.publish(f"{unique_id}/x", b"1")
+    assert talker.publish_drops_total == 1
+    tasks = [asyncio.create_task(listener.run()), asyncio.create_task(talker.run())]
+    try:
+        await wait_until(
+            lambda: listener.is_connected and talker.is_connected and listener.messages_total >= 0
+        )
+        await wait_until(lambda: listener.connects_total == 1)
+
+        async def publish_until_received(payload: bytes) -> None:
+            async def keep_publishing() -> None:
+                while (f"{unique_id}/x", payload) not in received:
+                    with contextlib.suppress(NotConnectedError):
+                        await talker.publish(f"{unique_id}/x", payload)
+                    await asyncio.sleep(0.02)
+
+            await asyncio.wait_for(keep_publishing(), 10)
+
+        await publish_until_received(b"before")
+        await broker.stop()
+        await wait_until(lambda: not listener.is_connected and not talker.is_connected)
+        with pytest.raises(NotConnectedError):
+            await talker.publish(f"{unique_id}/x", b"lost")
+        await broker.start()
+        await wait_until(lambda: listener.connects_total == 2 and talker.connects_total == 2, timeout_s=15)
+        await publish_until_received(b"after")
+        assert sum(listener.failures.by_reason.values()) >= 1
+        metrics = {f.name: f for f in talker.collect_metrics()}
+        assert metrics["watti_mqtt_connected"].samples[0].value == 1.0
+        assert metrics["watti_mqtt_connects"].samples[0].value == 2
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

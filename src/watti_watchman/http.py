@@ -22,7 +22,10 @@ def _status_page() -> bytes:
 
 
 def build_http_app(
-    exposition: Exposition, meters: Sequence[Meter], status: StatusProvider
+    exposition: Exposition,
+    meters: Sequence[Meter],
+    status: StatusProvider,
+    live: StatusProvider | None = None,
 ) -> web.Application:
     """The aiohttp application; every handler answers from memory (no device I/O)."""
 
@@ -36,10 +39,16 @@ def build_http_app(
         body = {"status": "ok" if not stale else "stale", "stale_meters": stale}
         return web.json_response(body, status=200 if not stale else 503)
 
-    async def api_status(_: web.Request) -> web.Response:
+    def json_response(provider: StatusProvider) -> web.Response:
         return web.Response(
-            text=json.dumps(status(), allow_nan=False, default=str), content_type="application/json"
+            text=json.dumps(provider(), allow_nan=False, default=str), content_type="application/json"
         )
+
+    async def api_status(_: web.Request) -> web.Response:
+        return json_response(status)
+
+    async def api_live(_: web.Request) -> web.Response:
+        return json_response(live or status)
 
     async def index(_: web.Request) -> web.Response:
         return web.Response(body=_status_page(), content_type="text/html", charset="utf-8")
@@ -48,6 +57,7 @@ def build_http_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/status", api_status)
+    app.router.add_get("/api/live", api_live)
     app.router.add_get("/", index)
     return app
 

@@ -18,7 +18,7 @@ HOST = "127.0.0.1"
 class TestBroker(Protocol):
     """A broker a test can stop and start again on the same port."""
 
-    __test__ = False
+    __test__: bool = False  # a Protocol named Test*, not a test class
     host: str
     port: int
     kind: str
@@ -46,6 +46,7 @@ async def wait_port(host: str, port: int, *, open_: bool, timeout_s: float = 10.
 class MosquittoBroker:
     """A private Mosquitto process on loopback (persistence off, anonymous)."""
 
+    __test__ = False
     kind = "mosquitto"
 
     def __init__(self, executable: str) -> None:
@@ -79,6 +80,7 @@ class MosquittoBroker:
 class EmbeddedTestBroker:
     """The embedded amqtt broker, restartable on the same port."""
 
+    __test__ = False
     kind = "embedded"
 
     def __init__(self) -> None:

@@ -1,0 +1,122 @@
+"""Sample age of Janitza readings: phase-locked polling vs blind fixed 100 ms and 200 ms polling.
+
+A simulated meter on 127.0.0.1 refreshes its values every 200 ms at its own phase; three meters
+poll it side by side. The true age of a reading is the time from the refresh that produced its
+values to the arrival of the reply. Run: `uv run python benchmarks/bench_janitza_sample_age.py`.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from watti_watchman.config.meters import JanitzaConfig
+from watti_watchman.domain.janitza import QUANTITIES_BY_KEY
+from watti_watchman.meters.janitza import FixedSchedule, JanitzaMeter
+from watti_watchman.sim.janitza_server import JanitzaServer
+
+PERIOD_S = 0.2
+METER_PHASE_S = 0.0731
+WARMUP_S = 3.0
+SAMPLE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "janitza_grid_sample.json"
+MARKER = QUANTITIES_BY_KEY["energy_export_l1"].index
+
+
+@dataclass
+class Refreshes:
+    """When the simulated meter showed each window (monotonic s), by window number."""
+
+    at_s: dict[int, float] = field(default_factory=dict)
+
+
+async def refresh_forever(server: JanitzaServer, base: tuple[float, ...], refreshes: Refreshes) -> None:
+    """New values every PERIOD_S at the meter's own phase; the window number is in one value."""
+    start_s = time.monotonic() + METER_PHASE_S
+    window = 0
+    while True:
+        window += 1
+        await asyncio.sleep(max(0.0, start_s + window * PERIOD_S - time.monotonic()))
+        values = list(base)
+        values[MARKER] = base[MARKER] + window
+        server.set_values(values)
+        refreshes.at_s[window] = time.monotonic()
+
+
+async def record(meter: JanitzaMeter, base: tuple[float, ...], seen: list[tuple[float, int]]) -> None:
+    """Every published reading as (arrival s, window number)."""
+    seq = 0
+    while True:
+        stamped = await meter.reading.wait_newer(seq, None)
+        if stamped is None:
+            continue
+        seq = stamped.seq
+        seen.append((stamped.at_s, round(stamped.value.values[MARKER] - base[MARKER])))
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+async def main(seconds: float) -> None:
+    base = tuple(json.loads(SAMPLE.read_text())["values"])
+    refreshes = Refreshes()
+    async with JanitzaServer(base) as server:
+        config = JanitzaConfig(
+            type="Janitza", name="bench", host=server.host, port=server.port, interval=PERIOD_S
+        )
+        meters = {
+            "phase-locked": JanitzaMeter(config),
+            "fixed 100 ms": JanitzaMeter(config),
+            "fixed 200 ms": JanitzaMeter(config),
+        }
+        meters["fixed 100 ms"].schedule = FixedSchedule(0.1)
+        meters["fixed 200 ms"].schedule = FixedSchedule(0.2)
+        seen: dict[str, list[tuple[float, int]]] = {label: [] for label in meters}
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(refresh_forever(server, base, refreshes))]
+            for label, meter in meters.items():
+                tasks.append(group.create_task(meter.run()))
+                tasks.append(group.create_task(record(meter, base, seen[label])))
+            started_s = time.monotonic()
+            await asyncio.sleep(WARMUP_S)
+            reads_at_warmup = {label: meter.reads for label, meter in meters.items()}
+            first_window = max(refreshes.at_s) + 1
+            await asyncio.sleep(seconds - WARMUP_S)
+            last_window = max(refreshes.at_s) - 1
+            measured_s = time.monotonic() - started_s - WARMUP_S
+            for task in tasks:
+                task.cancel()
+
+    print(
+        f"meter refresh every {PERIOD_S * 1000:.0f} ms, {seconds:.0f} s run, first {WARMUP_S:.0f} s skipped"
+    )
+    header = (
+        f"{'polling':<14}{'age p50 ms':>11}{'age p99 ms':>11}{'age max ms':>11}{'reads/s':>9}{'missed':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    windows = set(range(first_window, last_window + 1))
+    for label, meter in meters.items():
+        ages_ms = [
+            (at_s - refreshes.at_s[window]) * 1000
+            for at_s, window in seen[label]
+            if window in windows and window in refreshes.at_s
+        ]
+        missed = len(windows - {window for _, window in seen[label]})
+        reads_per_s = (meter.reads - reads_at_warmup[label]) / measured_s
+        print(
+            f"{label:<14}{statistics.median(ages_ms):>11.2f}{percentile(ages_ms, 0.99):>11.2f}"
+            f"{max(ages_ms):>11.2f}{reads_per_s:>9.2f}{missed:>8d}"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=20.0, help="run time (s), default 20")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main(parser.parse_args().seconds))

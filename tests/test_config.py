@@ -176,3 +176,13 @@ def test_configuration_reference_is_up_to_date() -> None:
 
     committed = (ROOT / "docs" / "CONFIGURATION.md").read_text()
     assert committed == render_reference(), "regenerate docs/CONFIGURATION.md (see its header)"
+
+
+def test_env_substituted_plain_scalars_are_typed_quoted_stay_text() -> None:
+    text = original_text().replace("port: 502\n    unit: 2", "port: ${GRID_PORT}\n    unit: 2", 1)
+    meter = parse_config(text, {"GRID_PORT": "1502"}).meter("hak")
+    assert getattr(meter, "port", None) == 1502
+    quoted = original_text().replace("port: 502\n    unit: 2", 'port: "${GRID_PORT}"\n    unit: 2', 1)
+    assert issues_of(quoted, {"GRID_PORT": "1502"}) == [
+        "meters[0].port: '1502' is not of type 'integer' (line 16)"
+    ]

@@ -144,6 +144,56 @@ class Application:
             "services": {service.name: dict(service.status()) for service in self.services},
         }
 
+    def _power_view(self, name: str) -> dict[str, float] | None:
+        meter = self.meters.get(name)
+        stamped = meter.power.snapshot() if isinstance(meter, (JanitzaMeter, VictronMeter)) else None
+        if stamped is None or not meter or not meter.is_fresh():
+            return None
+        sample = stamped.value
+        return {"l1": sample.l1_w, "l2": sample.l2_w, "l3": sample.l3_w, "total": sample.total_w}
+
+    def live(self) -> Mapping[str, Any]:
+        """The status page's feed: the first controller's view of the plant, flat and small."""
+        now_s = self.clock()
+        meters = {
+            name: {"fresh": meter.is_fresh(), "age_s": _age_s(meter, now_s)}
+            for name, meter in self.meters.items()
+        }
+        result: dict[str, Any] = {
+            "t": now_s,
+            "meters": meters,
+            "grid": None,
+            "battery": None,
+            "setpoints": None,
+            "soc": None,
+            "limits": None,
+            "reason": None,
+            "target_w": None,
+            "mode": None,
+        }
+        controller = next(iter(self.controllers.values()), None)
+        if controller is None:
+            return result
+        config = controller.config
+        status = controller.status()
+        limits = status["limits"] or {}
+        battery_meter = self.meters[config.battery_controller_name]
+        battery_stamped = (
+            battery_meter.battery.snapshot() if isinstance(battery_meter, VictronMeter) else None
+        )
+        battery_status = battery_stamped.value if battery_stamped and battery_meter.is_fresh() else None
+        result.update(
+            grid=self._power_view(config.grid_meter_name),
+            battery=self._power_view(config.battery_meter_name),
+            setpoints=status["setpoints_w"] or None,
+            soc=None if battery_status is None else battery_status.soc_percent,
+            limits={"charge_w": limits.get("max_charge_w"), "discharge_w": limits.get("max_discharge_w")},
+            reason=status["reason"],
+            target_w=status["target_w"],
+            mode=status["mode"],
+        )
+        return result
+
     async def _shutdown_services(self) -> None:
         """Let services hand control back (controllers write 0 W) while meters still run."""
         for service in self.services:
@@ -158,7 +208,7 @@ class Application:
     async def run(self, stop: asyncio.Event) -> None:
         """Run everything until `stop` is set, then shut down in order."""
         self.http = HttpServer(
-            build_http_app(self.exposition, list(self.meters.values()), self.status),
+            build_http_app(self.exposition, list(self.meters.values()), self.status, self.live),
             self.http_host,
             self.http_port,
         )
@@ -175,3 +225,10 @@ class Application:
             with contextlib.suppress(Exception):
                 await self.http.stop()
         logger.info("stopped")
+
+
+def _age_s(meter: Meter, now_s: float) -> float | None:
+    """Seconds since the meter's newest power sample, or None."""
+    power = getattr(meter, "power", None)
+    newest = power.snapshot() if power is not None else None
+    return None if newest is None else now_s - newest.at_s

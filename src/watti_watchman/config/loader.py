@@ -49,19 +49,50 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(issue) for issue in self.issues))
 
 
-def _to_data(node: yaml.Node, path: tuple[PathElem, ...], lines: dict[tuple[PathElem, ...], int]) -> Any:
-    """Turn a composed YAML node into plain data, recording each path's line (1-based)."""
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        result: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = str(_scalar(key_node))
-            result[key] = _to_data(value_node, (*path, key), lines)
-            lines[(*path, key)] = key_node.start_mark.line + 1
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        return [_to_data(item, (*path, index), lines) for index, item in enumerate(node.value)]
-    return _scalar(node)
+class _YamlReader:
+    """Turns composed YAML nodes into plain data, substituting ${ENV} and recording lines."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.lines: dict[tuple[PathElem, ...], int] = {}
+        self.issues: list[ConfigIssue] = []
+
+    def data(self, node: yaml.Node, path: tuple[PathElem, ...] = ()) -> Any:
+        """Plain data for `node` at `path`; each path's line (1-based) goes to `lines`."""
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            result: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = str(_scalar(key_node))
+                self.lines[(*path, key)] = key_node.start_mark.line + 1
+                result[key] = self.data(value_node, (*path, key))
+                self.lines[(*path, key)] = key_node.start_mark.line + 1  # the key's line, not the value's
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self.data(item, (*path, index)) for index, item in enumerate(node.value)]
+        if isinstance(node, yaml.ScalarNode) and "${" in node.value:
+            return self._substituted(node, path)
+        return _scalar(node)
+
+    def _substituted(self, node: yaml.ScalarNode, path: tuple[PathElem, ...]) -> Any:
+        """A scalar with `${NAME}` replaced; a plain (unquoted) one is then typed as YAML would."""
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in self.env:
+                self.issues.append(
+                    ConfigIssue(path, f"environment variable {name} is not set", self.lines.get(path))
+                )
+                return match.group(0)
+            return self.env[name]
+
+        text = ENV_PATTERN.sub(replace, node.value)
+        if node.style is not None:
+            return text
+        loader = yaml.SafeLoader("")
+        tag = loader.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+        loader.dispose()
+        return _scalar(yaml.ScalarNode(tag, text))
 
 
 def _scalar(node: yaml.Node) -> Any:
@@ -71,31 +102,6 @@ def _scalar(node: yaml.Node) -> Any:
         return loader.construct_object(node, deep=True)
     finally:
         loader.dispose()
-
-
-def _substitute_env(
-    data: Any,
-    env: Mapping[str, str],
-    path: tuple[PathElem, ...],
-    issues: list[ConfigIssue],
-    lines: dict[tuple[PathElem, ...], int],
-) -> Any:
-    """Replace `${NAME}` in every string; a missing variable is an issue at that path."""
-    if isinstance(data, dict):
-        return {k: _substitute_env(v, env, (*path, k), issues, lines) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_substitute_env(v, env, (*path, i), issues, lines) for i, v in enumerate(data)]
-    if isinstance(data, str):
-
-        def replace(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in env:
-                issues.append(ConfigIssue(path, f"environment variable {name} is not set", lines.get(path)))
-                return match.group(0)
-            return env[name]
-
-        return ENV_PATTERN.sub(replace, data)
-    return data
 
 
 def _schema_issues(data: Any, lines: dict[tuple[PathElem, ...], int]) -> list[ConfigIssue]:
@@ -178,12 +184,11 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> ResolvedCon
         mark = getattr(error, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         raise ConfigError([ConfigIssue((), f"not valid YAML: {error}", line)]) from error
-    lines: dict[tuple[PathElem, ...], int] = {}
-    data = {} if node is None else _to_data(node, (), lines)
-    issues: list[ConfigIssue] = []
-    data = _substitute_env(data, os.environ if env is None else env, (), issues, lines)
-    if issues:
-        raise ConfigError(issues)
+    reader = _YamlReader(os.environ if env is None else env)
+    data = {} if node is None else reader.data(node)
+    lines = reader.lines
+    if reader.issues:
+        raise ConfigError(reader.issues)
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue((), "the file must hold a mapping", lines.get(()))])
     issues = _schema_issues(data, lines)

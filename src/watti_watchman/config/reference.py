@@ -26,7 +26,7 @@ def _type_text(prop: dict[str, Any]) -> str:
     if "anyOf" in prop:
         return " or ".join(_type_text(p) for p in prop["anyOf"])
     if "$ref" in prop:
-        return prop["$ref"].rsplit("/", 1)[1].removesuffix("Config") + " block"
+        return str(prop["$ref"]).rsplit("/", 1)[1].removesuffix("Config") + " block"
     kind = prop.get("type", "any")
     if kind == "array":
         return f"list of {_type_text(prop.get('items', {}))}"

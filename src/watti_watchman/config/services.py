@@ -6,14 +6,15 @@ from pydantic import Field
 
 from watti_watchman.config.base import ConfigModel
 from watti_watchman.config.mqtt import Name
+from watti_watchman.domain.limits import DEFAULT_CHARGE_LIMITS_W, DEFAULT_DISCHARGE_LIMITS_W
 
 SocKey = Annotated[str, Field(pattern=r"^(100|[1-9]?[0-9])(\.[0-9]+)?$")]
 LimitTable = dict[SocKey, Annotated[float, Field(ge=0)]]
 Phase = Literal["L1", "L2", "L3"]
 ALL_PHASES: tuple[Phase, ...] = ("L1", "L2", "L3")
 
-DEFAULT_CHARGE_LIMITS: dict[str, float] = {"0": 1000.0}
-DEFAULT_DISCHARGE_LIMITS: dict[str, float] = {"100": 1000.0, "10": 0.0}
+DEFAULT_CHARGE_LIMITS: dict[str, float] = {f"{soc:g}": w for soc, w in DEFAULT_CHARGE_LIMITS_W.items()}
+DEFAULT_DISCHARGE_LIMITS: dict[str, float] = {f"{soc:g}": w for soc, w in DEFAULT_DISCHARGE_LIMITS_W.items()}
 
 
 class ChargeControllerConfig(ConfigModel):

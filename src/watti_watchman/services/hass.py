@@ -1,0 +1,653 @@
+"""Home Assistant over MQTT: discovery + states of every meter and controller, and runtime settings.
+
+Both services own their own `MqttSession` (last will = `offline` on their availability topic) and
+only ever read snapshots or call the synchronous `SettingsHolder`: a slow or dead Home Assistant
+broker can never delay the control task.
+"""
+
+import asyncio
+import json
+import logging
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from watti_watchman import __version__
+from watti_watchman.clock import Clock, monotonic
+from watti_watchman.config.mqtt import MqttConnectionConfig
+from watti_watchman.config.services import HassDynamicConfigConfig, HassFeederConfig
+from watti_watchman.domain.hass import (
+    AVAILABLE,
+    NOT_AVAILABLE,
+    CounterGuard,
+    Discovery,
+    HassDevice,
+    SensorSpec,
+    StateValue,
+    build_state,
+    expire_after_s,
+    number_discovery,
+    object_id,
+    select_discovery,
+    sensor_discovery,
+)
+from watti_watchman.domain.janitza import JANITZA_QUANTITIES
+from watti_watchman.domain.settings import MODES, SettingRejectedError, SettingsHolder
+from watti_watchman.domain.victron import VALUES as VICTRON_VALUES
+from watti_watchman.meters.base import Meter
+from watti_watchman.meters.janitza import JanitzaMeter
+from watti_watchman.meters.victron import VictronMeter
+from watti_watchman.mqtt import LastWill, MqttSession, NotConnectedError
+from watti_watchman.services.charge_controller import ChargeController
+
+logger = logging.getLogger("watti_watchman.hass")
+
+DISCOVERY_JITTER_S = 0.5
+"""Upper bound of the random delay before (re-)sending discovery (HA birth or our reconnect)."""
+RESTORE_TIMEOUT_S = 2.0
+"""How long HassDynamicConfig waits for retained settings at start before keeping the defaults."""
+MAX_COMMAND_BYTES = 64
+
+
+def janitza_specs() -> tuple[SensorSpec, ...]:
+    """One sensor per value of the Janitza block, straight from `JANITZA_QUANTITIES`."""
+    precision = {"V": 1, "A": 2, "W": 0, "VA": 0, "var": 0, "Hz": 2, "Wh": 0}
+    return tuple(
+        SensorSpec(
+            key=q.key,
+            name=q.label,
+            unit=q.unit or None,
+            device_class=q.device_class,
+            state_class=q.state_class,
+            precision=precision.get(q.unit, 3),
+        )
+        for q in JANITZA_QUANTITIES
+    )
+
+
+_ACRONYMS = {"soc": "SOC", "ac": "AC", "dc": "DC", "bms": "BMS", "l1": "L1", "l2": "L2", "l3": "L3"}
+
+
+def _title(key: str) -> str:
+    words = [_ACRONYMS.get(word, word) for word in key.split("_")]
+    return " ".join([words[0][:1].upper() + words[0][1:], *words[1:]])
+
+
+def victron_specs() -> tuple[SensorSpec, ...]:
+    """One sensor per value of the Victron table; unclassified codes are diagnostic sensors."""
+    return tuple(
+        SensorSpec(
+            key=spec.key,
+            name=_title(spec.key),
+            unit=spec.unit,
+            device_class=spec.device_class,
+            state_class=spec.state_class,
+            precision=None if spec.device_class is None else 1,
+            diagnostic=spec.device_class is None,
+        )
+        for spec in VICTRON_VALUES
+    )
+
+
+def controller_specs() -> tuple[SensorSpec, ...]:
+    """The controller's decision: setpoints per phase and total, reason, target, mode, SOC, limits."""
+
+    def power(key: str, name: str) -> SensorSpec:
+        return SensorSpec(key, name, "W", "power", "measurement", precision=0)
+
+    return (
+        *(power(f"setpoint_{p}", f"Setpoint {p.upper()}") for p in ("l1", "l2", "l3")),
+        power("setpoint_total", "Setpoint total"),
+        SensorSpec("reason", "Reason"),
+        power("target", "Target"),
+        SensorSpec("mode", "Mode"),
+        SensorSpec("soc", "SOC used", "%", "battery", "measurement", precision=0),
+        power("max_charge", "Charge limit"),
+        power("max_discharge", "Discharge limit"),
+    )
+
+
+@dataclass
+class _DeviceFeed:
+    """One HA device: its sensors and where their values come from (None = nothing fresh)."""
+
+    device: HassDevice
+    specs: tuple[SensorSpec, ...]
+    read: Callable[[], Mapping[str, StateValue] | None]
+    guard: CounterGuard = field(default_factory=CounterGuard)
+
+
+def _janitza_feed(meter: JanitzaMeter) -> _DeviceFeed:
+    def read() -> Mapping[str, StateValue] | None:
+        newest = meter.reading.snapshot()
+        if newest is None or not meter.is_fresh():
+            return None
+        return {q.key: newest.value.value(q) for q in JANITZA_QUANTITIES}
+
+    device = HassDevice(object_id(meter.name), meter.name, "Janitza UMG", __version__, "Janitza")
+    return _DeviceFeed(device, janitza_specs(), read)
+
+
+def _victron_feed(meter: VictronMeter) -> _DeviceFeed:
+    def read() -> Mapping[str, StateValue] | None:
+        newest = meter.snapshot.snapshot()
+        if newest is None or not meter.is_fresh():
+            return None
+        return dict(newest.value.values)
+
+    device = HassDevice(object_id(meter.name), meter.name, "Victron GX (Venus OS)", __version__, "Victron")
+    return _DeviceFeed(device, victron_specs(), read)
+
+
+def _controller_device(controller: ChargeController) -> HassDevice:
+    return HassDevice(object_id(controller.name), controller.name, "ChargeController", __version__)
+
+
+def _controller_feed(controller: ChargeController) -> _DeviceFeed:
+    def read() -> Mapping[str, StateValue] | None:
+        settings = controller.settings.current
+        values: dict[str, StateValue] = {"target": settings.target_w, "mode": settings.mode}
+        decision = controller.last_decision
+        if decision is None:
+            return values
+        output = decision.output
+        for phase, watts in output.setpoints.items():
+            values[f"setpoint_{phase.lower()}"] = watts
+        values["setpoint_total"] = output.total_w
+        values["reason"] = str(output.reason)
+        values["soc"] = output.limits.soc_percent
+        values["max_charge"] = output.limits.max_charge_w
+        values["max_discharge"] = output.limits.max_discharge_w
+        return values
+
+    return _DeviceFeed(_controller_device(controller), controller_specs(), read)
+
+
+class _HassSession:
+    """What both services share: their MQTT session, availability, HA birth handling and counters."""
+
+    def __init__(
+        self,
+        name: str,
+        connection: MqttConnectionConfig,
+        discovery_prefix: str,
+        base_topic: str,
+        clock: Clock,
+    ) -> None:
+        self.name = name
+        self.discovery_prefix = discovery_prefix
+        self.base_topic = base_topic
+        self.availability_topic = f"{base_topic}/{object_id(name)}/availability"
+        self.birth_topic = f"{discovery_prefix}/status"
+        self.discovery_jitter_s = DISCOVERY_JITTER_S
+        self._clock = clock
+        self.session = MqttSession(
+            connection,
+            name,
+            clock=clock,
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+            will=LastWill(self.availability_topic, NOT_AVAILABLE.encode(), retain=True),
+            logger=logging.getLogger(f"watti_watchman.hass.{name}"),
+        )
+        self._resync = asyncio.Event()
+        self._wake = asyncio.Event()
+        self.discovery_rounds: Counter[str] = Counter()
+        self.discovery_messages_total = 0
+        self.births_total = 0
+        self.publish_failures_total = 0
+        self.last_discovery_s: float | None = None
+        self._resync_reason = "connect"
+        self.stopping = False
+
+    async def _on_connect(self, session: MqttSession) -> None:
+        await session.subscribe(self.birth_topic, *self._subscriptions())
+        self._request_resync("connect")
+
+    def _subscriptions(self) -> tuple[str, ...]:
+        return ()
+
+    def _request_resync(self, reason: str) -> None:
+        self._resync_reason = reason
+        self._resync.set()
+        self._wake.set()
+
+    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        if topic == self.birth_topic:
+            if payload.strip() == AVAILABLE.encode():
+                self.births_total += 1
+                self._request_resync("birth")
+            return
+        self._handle(topic, payload, retained)
+
+    def _handle(self, topic: str, payload: bytes, retained: bool) -> None:
+        """Service-specific messages (commands, retained settings)."""
+
+    def _discoveries(self) -> Iterable[Discovery]:
+        return ()
+
+    async def _send_discovery(self) -> None:
+        """Jittered discovery of every entity (retained), then `online` availability."""
+        reason = self._resync_reason
+        await asyncio.sleep(random.uniform(0.0, self.discovery_jitter_s))
+        if self.stopping:
+            return
+        for discovery in self._discoveries():
+            await self.session.publish(discovery.topic, discovery.encode(), retain=True)
+            self.discovery_messages_total += 1
+            await asyncio.sleep(0)  # a QoS 0 publish never suspends: let the control task in between
+        await self.session.publish(self.availability_topic, AVAILABLE, retain=True)
+        self.discovery_rounds[reason] += 1
+        self.last_discovery_s = self._clock()
+
+    async def _wait(self, timeout_s: float | None) -> None:
+        """Sleep until woken (resync, dirty state) or `timeout_s` passes."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout_s)
+        except TimeoutError:
+            return
+        self._wake.clear()
+
+    async def shutdown(self) -> None:
+        """Stop publishing and send `offline` availability (retained): HA marks the entities unavailable."""
+        self.stopping = True
+        await self.session.close_gracefully(self.availability_topic, NOT_AVAILABLE, retain=True)
+
+    def _base_metrics(self) -> Iterable[Metric]:
+        labels = [self.name]
+        connected = GaugeMetricFamily(
+            "watti_hass_connected", "1 while the Home Assistant MQTT session is connected", labels=["name"]
+        )
+        connected.add_metric(labels, 1.0 if self.session.is_connected else 0.0)
+        yield connected
+        rounds = CounterMetricFamily(
+            "watti_hass_discovery_rounds",
+            "Discovery rounds sent, by trigger (connect, birth)",
+            labels=["name", "reason"],
+        )
+        for reason, count in sorted(self.discovery_rounds.items()):
+            rounds.add_metric([*labels, reason], count)
+        yield rounds
+        for metric, doc, value in (
+            (
+                "watti_hass_discovery_messages",
+                "Discovery config messages published",
+                self.discovery_messages_total,
+            ),
+            ("watti_hass_births", "Home Assistant birth messages (online) received", self.births_total),
+            (
+                "watti_hass_publish_failures",
+                "Publish rounds cut short by a lost connection",
+                self.publish_failures_total,
+            ),
+        ):
+            family = CounterMetricFamily(metric, doc, labels=["name"])
+            family.add_metric(labels, value)
+            yield family
+        yield from self.session.collect_metrics()
+
+    def _base_status(self) -> dict[str, Any]:
+        last = self.last_discovery_s
+        return {
+            "connected": self.session.is_connected,
+            "broker": f"{self.session.connection.host}:{self.session.connection.port}",
+            "availability_topic": self.availability_topic,
+            "discovery_rounds": dict(self.discovery_rounds),
+            "discovery_age_s": None if last is None else round(self._clock() - last, 3),
+        }
+
+
+class HassFeeder(_HassSession):
+    """Discovery and periodic JSON states (one topic per device) for every meter and controller."""
+
+    def __init__(
+        self,
+        config: HassFeederConfig,
+        connection: MqttConnectionConfig,
+        meters: list[Meter],
+        controllers: list[ChargeController],
+        *,
+        clock: Clock = monotonic,
+    ) -> None:
+        super().__init__(config.name, connection, config.discovery_prefix, config.base_topic, clock)
+        self.config = config
+        self.expire_after_s = expire_after_s(config.update_interval)
+        self.feeds: list[_DeviceFeed] = []
+        for meter in meters:
+            if isinstance(meter, JanitzaMeter):
+                self.feeds.append(_janitza_feed(meter))
+            elif isinstance(meter, VictronMeter):
+                self.feeds.append(_victron_feed(meter))
+            else:
+                logger.warning("%s: no Home Assistant entities for meter %r", self.name, meter.name)
+        self.feeds.extend(_controller_feed(controller) for controller in controllers)
+        self.states_published: Counter[str] = Counter()
+        self.non_finite_total = 0
+        self.last_state_s: float | None = None
+
+    def state_topic(self, device: HassDevice) -> str:
+        """The JSON state topic of one device."""
+        return f"{self.base_topic}/{device.slug}/state"
+
+    def _discoveries(self) -> Iterable[Discovery]:
+        for feed in self.feeds:
+            for spec in feed.specs:
+                yield sensor_discovery(
+                    feed.device,
+                    spec,
+                    prefix=self.discovery_prefix,
+                    state_topic=self.state_topic(feed.device),
+                    availability_topic=self.availability_topic,
+                    expire_after=self.expire_after_s,
+                    sw_version=__version__,
+                )
+
+    @property
+    def held_back_total(self) -> int:
+        """Energy counter regressions held back, over all devices."""
+        return sum(feed.guard.held_back_total for feed in self.feeds)
+
+    async def _send_states(self) -> None:
+        """Publish every device with a fresh value; stale devices stay silent and expire in HA."""
+        for feed in self.feeds:
+            values = feed.read()
+            if values is None:
+                continue
+            state = build_state(feed.specs, values, feed.guard)
+            self.non_finite_total += state.non_finite
+            await self.session.publish(self.state_topic(feed.device), state.payload)
+            self.states_published[feed.device.slug] += 1
+            await asyncio.sleep(0)
+        self.last_state_s = self._clock()
+
+    async def run(self) -> None:
+        """Keep the session up; (re-)discover on connect and HA birth; states every update_interval."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.session.run())
+            group.create_task(self._publish_loop())
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._wait(self.config.update_interval)
+            if self.stopping or not self.session.is_connected:
+                continue
+            try:
+                if self._resync.is_set():
+                    self._resync.clear()
+                    await self._send_discovery()
+                await self._send_states()
+            except NotConnectedError:
+                self.publish_failures_total += 1
+
+    def collect_metrics(self) -> Iterable[Metric]:
+        """watti_hass_* families of this service plus its MQTT session's."""
+        yield from self._base_metrics()
+        states = CounterMetricFamily(
+            "watti_hass_states_published", "Device state messages published", labels=["name", "device"]
+        )
+        for device, count in sorted(self.states_published.items()):
+            states.add_metric([self.name, device], count)
+        yield states
+        for metric, doc, value in (
+            (
+                "watti_hass_counter_regressions_held_back",
+                "Energy counter values lower than already published, replaced by the highest",
+                self.held_back_total,
+            ),
+            (
+                "watti_hass_non_finite_suppressed",
+                "Non-finite values published as unknown",
+                self.non_finite_total,
+            ),
+        ):
+            family = CounterMetricFamily(metric, doc, labels=["name"])
+            family.add_metric([self.name], value)
+            yield family
+
+    def status(self) -> Mapping[str, Any]:
+        """Connection, devices and counters for /api/status."""
+        last = self.last_state_s
+        return {
+            **self._base_status(),
+            "devices": [feed.device.slug for feed in self.feeds],
+            "entities": sum(len(feed.specs) for feed in self.feeds),
+            "states_published": dict(self.states_published),
+            "state_age_s": None if last is None else round(self._clock() - last, 3),
+            "regressions_held_back": self.held_back_total,
+        }
+
+
+@dataclass(frozen=True)
+class _Controls:
+    """The runtime settings of one controller as HA entities: topics and its holder."""
+
+    device: HassDevice
+    holder: SettingsHolder
+    state_topic: str
+    target_command_topic: str
+    mode_command_topic: str
+
+
+TARGET_KEY = "target_setting"
+MODE_KEY = "mode_setting"
+
+
+class HassDynamicConfig(_HassSession):
+    """`number` (target W) and `select` (mode) per controller, validated through its SettingsHolder.
+
+    Accepted values are written to the holder (read by the control task on its next cycle) and
+    echoed on the state topic, retained when `persistent`; with `persistent` the retained state
+    is read back at start and applied before anything is published.
+    """
+
+    def __init__(
+        self,
+        config: HassDynamicConfigConfig,
+        connection: MqttConnectionConfig,
+        controllers: list[ChargeController],
+        *,
+        clock: Clock = monotonic,
+    ) -> None:
+        super().__init__(config.name, connection, config.discovery_prefix, config.base_topic, clock)
+        self.config = config
+        self.controls: list[_Controls] = []
+        for controller in controllers:
+            device = _controller_device(controller)
+            base = f"{config.base_topic}/{device.slug}/settings"
+            self.controls.append(
+                _Controls(device, controller.settings, base, f"{base}/target/set", f"{base}/mode/set")
+            )
+        self._sync_topic = f"{config.base_topic}/{object_id(self.name)}/sync"
+        self._sync_token = f"{random.getrandbits(64):016x}"
+        self.restored = asyncio.Event()
+        if not config.persistent:
+            self.restored.set()
+        self.restored_settings: list[str] = []
+        self.accepted: Counter[str] = Counter()
+        self.rejected: Counter[tuple[str, str]] = Counter()
+        self._dirty = False
+
+    def _subscriptions(self) -> tuple[str, ...]:
+        topics = [t for c in self.controls for t in (c.target_command_topic, c.mode_command_topic)]
+        if not self.restored.is_set():
+            topics.extend(c.state_topic for c in self.controls)
+            topics.append(self._sync_topic)
+        return tuple(topics)
+
+    async def _on_connect(self, session: MqttSession) -> None:
+        await super()._on_connect(session)
+        if not self.restored.is_set():
+            # Retained settings arrive on subscription, before this marker comes back to us.
+            await session.publish(self._sync_topic, self._sync_token)
+
+    def _handle(self, topic: str, payload: bytes, retained: bool) -> None:
+        for controls in self.controls:
+            if topic == controls.state_topic:
+                self._restore(controls, payload, retained)
+            elif topic == controls.target_command_topic:
+                self._command(controls, "target", payload, retained)
+            elif topic == controls.mode_command_topic:
+                self._command(controls, "mode", payload, retained)
+        if topic == self._sync_topic and payload.decode(errors="replace") == self._sync_token:
+            self.restored.set()
+
+    def _restore(self, controls: _Controls, payload: bytes, retained: bool) -> None:
+        """Apply a retained settings state once, at start; anything invalid keeps the default."""
+        if self.restored.is_set() or not retained or controls.device.slug in self.restored_settings:
+            return
+        try:
+            state = json.loads(payload)
+            if not isinstance(state, dict):
+                raise SettingRejectedError(f"settings state is not an object: {payload!r}")
+            controls.holder.set_target(state.get(TARGET_KEY))
+            controls.holder.set_mode(state.get(MODE_KEY))
+        except (ValueError, SettingRejectedError) as error:
+            logger.warning("%s: ignoring retained settings of %s: %s", self.name, controls.device.name, error)
+            return
+        self.restored_settings.append(controls.device.slug)
+        logger.info("%s: restored %s settings %s", self.name, controls.device.name, controls.holder.current)
+
+    def _command(self, controls: _Controls, setting: str, payload: bytes, retained: bool) -> None:
+        """Validate and apply one command; the state is re-published either way."""
+        reason = self._apply(controls, setting, payload, retained)
+        if reason is None:
+            self.accepted[setting] += 1
+            logger.info("%s: %s of %s set to %s", self.name, setting, controls.device.name, payload)
+        else:
+            self.rejected[(setting, reason)] += 1
+            logger.warning(
+                "%s: rejected %s %r for %s (%s)", self.name, setting, payload, controls.device.name, reason
+            )
+        self._dirty = True
+        self._wake.set()
+
+    @staticmethod
+    def _apply(controls: _Controls, setting: str, payload: bytes, retained: bool) -> str | None:
+        """Apply a command to the holder; the rejection reason, or None when accepted."""
+        if retained:
+            return "retained"
+        if len(payload) > MAX_COMMAND_BYTES:
+            return "malformed"
+        try:
+            text = payload.decode().strip()
+        except UnicodeDecodeError:
+            return "malformed"
+        if setting == "target":
+            try:
+                value = float(text)
+            except ValueError:
+                return "not_a_number"
+            if not math.isfinite(value):
+                return "not_a_number"
+            apply: Callable[[object], object] = controls.holder.set_target
+            command: object = value
+            reason = "out_of_range"
+        else:
+            apply, command, reason = controls.holder.set_mode, text, "unknown_option"
+        try:
+            apply(command)
+        except SettingRejectedError:
+            return reason
+        return None
+
+    def _discoveries(self) -> Iterable[Discovery]:
+        for controls in self.controls:
+            bounds = controls.holder.target_range
+            yield number_discovery(
+                controls.device,
+                TARGET_KEY,
+                "Grid target",
+                minimum=bounds.min_w,
+                maximum=bounds.max_w,
+                step=bounds.step_w,
+                unit="W",
+                device_class="power",
+                prefix=self.discovery_prefix,
+                state_topic=controls.state_topic,
+                command_topic=controls.target_command_topic,
+                availability_topic=self.availability_topic,
+                sw_version=__version__,
+            )
+            yield select_discovery(
+                controls.device,
+                MODE_KEY,
+                "Battery mode",
+                options=MODES,
+                prefix=self.discovery_prefix,
+                state_topic=controls.state_topic,
+                command_topic=controls.mode_command_topic,
+                availability_topic=self.availability_topic,
+                sw_version=__version__,
+            )
+
+    async def _send_states(self) -> None:
+        """Echo the settings in force on each state topic (retained when persistent)."""
+        self._dirty = False
+        for controls in self.controls:
+            current = controls.holder.current
+            payload = json.dumps({TARGET_KEY: current.target_w, MODE_KEY: current.mode})
+            await self.session.publish(controls.state_topic, payload, retain=self.config.persistent)
+
+    async def run(self) -> None:
+        """Keep the session up; restore (persistent), discover, and echo every change."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.session.run())
+            group.create_task(self._publish_loop())
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._wait(None)
+            if self.stopping or not self.session.is_connected:
+                continue
+            if not self.restored.is_set():
+                try:
+                    await asyncio.wait_for(self.restored.wait(), RESTORE_TIMEOUT_S)
+                except TimeoutError:
+                    logger.warning("%s: no retained settings confirmed; keeping the defaults", self.name)
+                    self.restored.set()
+            try:
+                if self._resync.is_set():
+                    self._resync.clear()
+                    await self._send_discovery()
+                    self._dirty = True
+                if self._dirty:
+                    await self._send_states()
+            except NotConnectedError:
+                self.publish_failures_total += 1
+
+    def collect_metrics(self) -> Iterable[Metric]:
+        """watti_hass_* families of this service plus its MQTT session's."""
+        yield from self._base_metrics()
+        accepted = CounterMetricFamily(
+            "watti_hass_commands_accepted", "Setting commands applied", labels=["name", "setting"]
+        )
+        for setting, count in sorted(self.accepted.items()):
+            accepted.add_metric([self.name, setting], count)
+        yield accepted
+        rejected = CounterMetricFamily(
+            "watti_hass_commands_rejected",
+            "Setting commands rejected, by reason",
+            labels=["name", "setting", "reason"],
+        )
+        for (setting, reason), count in sorted(self.rejected.items()):
+            rejected.add_metric([self.name, setting, reason], count)
+        yield rejected
+
+    def status(self) -> Mapping[str, Any]:
+        """Connection, settings in force and command counters for /api/status."""
+        return {
+            **self._base_status(),
+            "persistent": self.config.persistent,
+            "restored": self.restored_settings,
+            "settings": {
+                c.device.slug: {"target_w": c.holder.current.target_w, "mode": c.holder.current.mode}
+                for c in self.controls
+            },
+            "commands_accepted": dict(self.accepted),
+            "commands_rejected": {f"{s}:{r}": n for (s, r), n in self.rejected.items()},
+        }

@@ -41,6 +41,13 @@ def _classify(error: BaseException) -> str | None:
     return None
 
 
+def _reraise_swallowed_cancel() -> None:
+    """Re-raise a cancellation that Python 3.11's `wait_for` (inside aiomqtt) may have swallowed."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class MqttSession:
     """Owns one MQTT client: connects, subscribes via `on_connect`, dispatches messages.
 
@@ -112,6 +119,7 @@ class MqttSession:
                 self.connected.set()
                 if self._on_connect is not None:
                     await self._on_connect(self)
+                    _reraise_swallowed_cancel()
                 async for message in client.messages:
                     self.messages_total += 1
                     if self._on_message is not None:

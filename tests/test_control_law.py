@@ -1,0 +1,320 @@
+"""The pure control law and limits: the original example's table, modes, safety properties."""
+
+import math
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from watti_watchman.domain.control import (
+    LawInputs,
+    LawOutput,
+    LawParameters,
+    LawState,
+    Reason,
+    decide,
+    initial_state,
+    pair,
+)
+from watti_watchman.domain.limits import LimitConfig, LimitSource, SocTable, power_limits, valid_soc
+from watti_watchman.domain.readings import PHASES, BatteryStatus, PowerSample
+from watti_watchman.domain.reference_law import reference_setpoints
+from watti_watchman.domain.settings import Mode
+
+CHARGE = SocTable.from_mapping({"0": 9000, "90": 2000, "97": 1000, "99": 500})
+DISCHARGE = SocTable.from_mapping({"100": 6000, "10": 1000, "5": 0})
+BIG = 1_000_000.0
+PARAMS = LawParameters(limits=LimitConfig(CHARGE, DISCHARGE, BIG, BIG))
+STATE = initial_state(PHASES)
+
+
+def even(total_w: float) -> PowerSample:
+    """A sample with `total_w` spread evenly over L1..L3."""
+    return PowerSample(total_w / 3, total_w / 3, total_w / 3, total_w)
+
+
+def status(soc: float | None, amps: float | None = 1000.0, volts: float | None = 50.0) -> BatteryStatus:
+    """Battery status with symmetric BMS limits."""
+    return BatteryStatus(soc, amps, amps, volts)
+
+
+def run(
+    grid_w: float,
+    battery_w: float,
+    soc: float | None,
+    mode: Mode = "both",
+    params: LawParameters = PARAMS,
+    state: LawState = STATE,
+    target_w: float = 0.0,
+    dt_s: float = 0.2,
+) -> LawOutput:
+    """One decision on evenly spread samples."""
+    inputs = LawInputs(even(grid_w), even(battery_w), status(soc), target_w, mode, dt_s)
+    return decide(params, inputs, state)
+
+
+@pytest.mark.parametrize(
+    ("grid_w", "battery_w", "soc", "expected_w"),
+    [
+        (1000, 0, 50, -1000),
+        (7000, 0, 50, -6000),
+        (3500, 0, 7, -1000),
+        (3500, 0, 3, 0),
+        (3500, 0, 10, -1000),
+        (3500, 0, 5, 0),
+        (-1000, 0, 50, 1000),
+        (-12000, 0, 50, 9000),
+        (-3500, 0, 90, 2000),
+        (-3500, 0, 98, 1000),
+        (-3500, 0, 99.5, 500),
+        (4500, 1000, 50, -3500),
+    ],
+)
+def test_original_example_table(grid_w: float, battery_w: float, soc: float, expected_w: int) -> None:
+    output = run(grid_w, battery_w, soc)
+    assert output.total_w == expected_w
+    assert max(output.setpoints.values()) - min(output.setpoints.values()) <= 1
+    reference = reference_setpoints(even(grid_w), even(battery_w), soc, 0.0, CHARGE, DISCHARGE)
+    assert abs(sum(reference.values()) - expected_w) <= 2
+
+
+def test_reasons_of_the_table() -> None:
+    assert run(1000, 0, 50).reason is Reason.REGULATING
+    assert run(7000, 0, 50).reason is Reason.DISCHARGE_LIMITED
+    assert run(-12000, 0, 50).reason is Reason.CHARGE_LIMITED
+    assert run(-12000, 0, 50).limits.charge_source is LimitSource.SOC_TABLE
+
+
+@pytest.mark.parametrize(
+    ("mode", "grid_w", "expected_w", "reason"),
+    [
+        ("charge", 1000, 0, Reason.MODE_BLOCKED),
+        ("charge", -1000, 1000, Reason.REGULATING),
+        ("discharge", -1000, 0, Reason.MODE_BLOCKED),
+        ("discharge", 1000, -1000, Reason.REGULATING),
+    ],
+)
+def test_modes(mode: Mode, grid_w: float, expected_w: int, reason: Reason) -> None:
+    output = run(grid_w, 0, 50, mode=mode)
+    assert (output.total_w, output.reason) == (expected_w, reason)
+
+
+@pytest.mark.parametrize("soc", [None, -0.1, 100.1, math.nan, math.inf, -math.inf])
+def test_soc_outside_range_is_unknown(soc: float | None) -> None:
+    assert valid_soc(soc) is None
+    discharge = run(3000, 0, soc)
+    assert (discharge.total_w, discharge.reason) == (0, Reason.SOC_UNKNOWN)
+    charge = run(-3000, 0, soc)
+    assert charge.total_w == 500  # the smallest configured charge limit
+    assert charge.limits.soc_percent is None
+
+
+def test_bms_limits_and_unknown_bms() -> None:
+    limits = power_limits(PARAMS.limits, BatteryStatus(50, 20, 10, 50), "both")
+    assert (limits.max_charge_w, limits.max_discharge_w) == (1000, 500)
+    assert limits.discharge_source is LimitSource.BMS
+    unknown = power_limits(PARAMS.limits, BatteryStatus(50, 20, None, 50), "both")
+    assert (unknown.max_charge_w, unknown.max_discharge_w) == (500, 0)
+    assert unknown.degraded is LimitSource.BMS_UNKNOWN
+    assert power_limits(PARAMS.limits, BatteryStatus(50, 20, 10, -1), "both").max_discharge_w == 0
+    assert power_limits(PARAMS.limits, None, "both").degraded is LimitSource.SOC_UNKNOWN
+
+
+def test_inverter_maxima_and_missing_table_entries() -> None:
+    params = replace(PARAMS, limits=LimitConfig(SocTable.from_mapping({"20": 3000}), DISCHARGE, 2500, 800))
+    assert run(-5000, 0, 50, params=params).total_w == 2500
+    assert run(-5000, 0, 10, params=params).total_w == 0  # no charge entry at or below 10 %
+    assert run(5000, 0, 50, params=params).total_w == -800
+    above = SocTable.from_mapping({"50": 1000})
+    assert above.discharge_limit_w(60) == 0
+
+
+@pytest.mark.parametrize(
+    ("grid", "battery", "reason"),
+    [
+        (None, even(0), Reason.GRID_STALE),
+        (PowerSample(math.nan, 0, 0, 0), even(0), Reason.GRID_INVALID),
+        (even(1000), None, Reason.BATTERY_STALE),
+        (even(1000), PowerSample(0, math.inf, 0, 0), Reason.BATTERY_INVALID),
+    ],
+)
+def test_unusable_inputs_give_zero(
+    grid: PowerSample | None, battery: PowerSample | None, reason: Reason
+) -> None:
+    state = replace(STATE, setpoints=dict.fromkeys(PHASES, -1000))
+    output = decide(PARAMS, LawInputs(grid, battery, status(50), 0.0, "both", 0.2), state)
+    assert output.failsafe
+    assert (output.reason, output.total_w, output.raw_w) == (reason, 0, None)
+    assert output.state.setpoints == dict.fromkeys(PHASES, 0)
+
+
+def test_import_bias_and_target() -> None:
+    biased = replace(PARAMS, import_bias_w=50)
+    assert run(1000, 0, 50, params=biased).total_w == -950
+    assert run(1000, 0, 50, target_w=-200).total_w == -1200
+
+
+def test_per_phase_regulation_scales_into_limits() -> None:
+    params = replace(PARAMS, regulation="per_phase")
+    grid = PowerSample(3000, -1500, 600, 2100)
+    output = decide(params, LawInputs(grid, even(0), status(50), 0.0, "both", 0.2), STATE)
+    assert output.setpoints == {"L1": -3000, "L2": 1500, "L3": -600}
+    limited = decide(params, LawInputs(grid, even(0), status(5), 0.0, "both", 0.2), STATE)
+    assert limited.setpoints == {"L1": 0, "L2": 1500, "L3": 0}
+    low = replace(params, limits=LimitConfig(CHARGE, DISCHARGE, BIG, 1800))
+    scaled = decide(low, LawInputs(grid, even(0), status(50), 0.0, "both", 0.2), STATE)
+    assert scaled.setpoints["L1"] + scaled.setpoints["L3"] >= -1800
+    assert scaled.setpoints["L1"] == -1500 and scaled.setpoints["L3"] == -300
+    assert scaled.reason is Reason.DISCHARGE_LIMITED
+    two = replace(params, phases=("L1", "L3"))
+    only = decide(two, LawInputs(grid, even(0), status(50), 0.0, "both", 0.2), initial_state(("L1", "L3")))
+    assert only.setpoints == {"L1": -3000, "L3": -600}
+
+
+def test_total_regulation_on_a_subset_of_phases() -> None:
+    params = replace(PARAMS, phases=("L2",))
+    output = decide(
+        params, LawInputs(even(900), even(0), status(50), 0.0, "both", 0.2), initial_state(("L2",))
+    )
+    assert output.setpoints == {"L2": -900}
+
+
+def test_export_slew_limits_only_changes_toward_export() -> None:
+    params = replace(PARAMS, export_slew_w_per_s=1000)
+    toward_export = run(3000, 0, 50, params=params, dt_s=0.2)
+    assert (toward_export.total_w, toward_export.reason) == (-200, Reason.SLEW_LIMITED)
+    state = replace(STATE, setpoints=dict.fromkeys(PHASES, -1000))
+    toward_import = run(-3000, -3000, 50, params=params, state=state)
+    assert toward_import.total_w == 0  # B − G = 0: immediately back from −3000 to 0
+
+
+def test_deadband_holds_small_changes_but_never_beyond_limits() -> None:
+    params = replace(PARAMS, deadband_w=30)
+    state = replace(STATE, setpoints={"L1": -333, "L2": -333, "L3": -334})
+    assert run(1020, 0, 50, params=params, state=state).setpoints == state.setpoints
+    assert run(1100, 0, 50, params=params, state=state).total_w == -1100
+    tight = replace(params, limits=LimitConfig(CHARGE, DISCHARGE, BIG, 990))
+    assert run(1010, 0, 50, params=tight, state=state).total_w == -990
+
+
+def test_trim_integrates_offset_when_quiet_and_freezes_otherwise() -> None:
+    params = replace(PARAMS, trim_gain_per_s=0.5, trim_limit_w=300, transient_hold_s=0.4)
+    state = STATE
+    for _ in range(20):  # steady 60 W import the law does not see through B − G
+        output = run(60, -1000, 50, params=params, state=state)
+        state = output.state
+    assert output.trim_w < -40
+    clamped_state = state
+    for _ in range(10):  # clamped at the SOC limit: trim frozen
+        clamped = run(60, -1000, 3, params=params, state=clamped_state)
+        clamped_state = clamped.state
+    assert clamped.trim_w == pytest.approx(output.trim_w)
+    transient = run(2060, -1000, 50, params=params, state=state)
+    assert transient.trim_w == pytest.approx(output.trim_w)
+    assert transient.state.quiet_s == 0
+    stale = decide(params, LawInputs(None, even(0), status(50), 0, "both", 0.2), state)
+    assert stale.trim_w == pytest.approx(output.trim_w)
+    for _ in range(200):
+        state = run(150, -1000, 50, params=params, state=state).state
+    assert sum(state.trim_w.values()) == pytest.approx(-300)
+
+
+def test_pairing_aligns_grid_and_battery_in_time() -> None:
+    grid = [(9.6, even(1000)), (9.8, even(2000))]
+    bracketing = [(9.5, even(0)), (9.7, even(300)), (9.9, even(600))]
+    interpolated = pair(grid, bracketing, now_s=9.9, max_age_s=1.0)
+    assert interpolated is not None and interpolated.alignment == "battery_interpolated"
+    assert interpolated.battery.total_w == pytest.approx(450)
+    moving = [(9.5, even(0)), (9.7, even(-600))]
+    aligned = pair(grid, moving, now_s=9.8, max_age_s=1.0)
+    assert aligned is not None and aligned.alignment == "grid_interpolated"
+    assert aligned.grid.total_w == pytest.approx(1500)
+    assert aligned.skew_s == pytest.approx(0.1)
+    steady = [(9.5, even(-600)), (9.7, even(-610))]
+    nearest = pair(grid, steady, now_s=9.8, max_age_s=1.0)
+    assert nearest is not None and nearest.alignment == "nearest"
+    assert (nearest.grid.total_w, nearest.battery.total_w) == (2000, -610)
+    assert pair(grid, moving, now_s=10.75, max_age_s=1.0) is None
+    assert pair([], moving, now_s=9.8, max_age_s=1.0) is None
+
+
+finite = st.floats(min_value=-50_000, max_value=50_000, allow_nan=False)
+anything = st.one_of(finite, st.sampled_from([math.nan, math.inf, -math.inf, 1e300, -1e300]))
+maybe = st.one_of(st.none(), anything)
+samples = st.one_of(st.none(), st.builds(PowerSample, anything, anything, anything, anything))
+statuses = st.one_of(st.none(), st.builds(BatteryStatus, maybe, maybe, maybe, maybe))
+tables = st.dictionaries(
+    st.integers(0, 100).map(str), st.floats(min_value=0, max_value=20_000), min_size=0, max_size=5
+).map(SocTable.from_mapping)
+limits = st.builds(
+    LimitConfig,
+    tables,
+    tables,
+    st.floats(min_value=0, max_value=20_000),
+    st.floats(min_value=0, max_value=20_000),
+)
+params_strategy = st.builds(
+    LawParameters,
+    limits,
+    st.sampled_from([PHASES, ("L1",), ("L2", "L3")]),
+    st.sampled_from(["total", "per_phase"]),
+    st.floats(min_value=0, max_value=500),
+    st.one_of(st.none(), st.floats(min_value=1, max_value=5000)),
+    st.floats(min_value=0, max_value=100),
+    st.floats(min_value=0, max_value=2),
+    st.floats(min_value=0, max_value=500),
+)
+setpoint_values = st.integers(-20_000, 20_000)
+states = st.builds(
+    LawState,
+    st.fixed_dictionaries({"L1": setpoint_values, "L2": setpoint_values, "L3": setpoint_values}),
+    st.fixed_dictionaries({p: st.floats(-500, 500) for p in PHASES}),
+    st.floats(0, 5),
+    st.one_of(st.none(), st.builds(PowerSample, finite, finite, finite, finite)),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    params=params_strategy,
+    grid=samples,
+    battery=samples,
+    battery_status=statuses,
+    target=anything,
+    mode=st.sampled_from(["both", "charge", "discharge"]),
+    dt=anything,
+    state=states,
+)
+def test_setpoints_always_within_limits(
+    params: LawParameters,
+    grid: PowerSample | None,
+    battery: PowerSample | None,
+    battery_status: BatteryStatus | None,
+    target: float,
+    mode: Mode,
+    dt: float,
+    state: LawState,
+) -> None:
+    output = decide(params, LawInputs(grid, battery, battery_status, target, mode, dt), state)
+    values = list(output.setpoints.values())
+    assert set(output.setpoints) == set(params.phases)
+    assert all(isinstance(v, int) for v in values)
+    limits = power_limits(params.limits, battery_status, mode)
+    assert sum(v for v in values if v > 0) <= limits.max_charge_w
+    assert -sum(v for v in values if v < 0) <= limits.max_discharge_w
+    assert sum(v for v in values if v > 0) <= params.limits.inverter_max_charge_w
+    assert -sum(v for v in values if v < 0) <= params.limits.inverter_max_discharge_w
+    if mode == "charge":
+        assert all(v >= 0 for v in values)
+    if mode == "discharge":
+        assert all(v <= 0 for v in values)
+    if limits.soc_percent is None:
+        assert all(v >= 0 for v in values)
+        assert sum(values) <= params.limits.charge_table.smallest_w()
+    inputs_ok = grid is not None and battery is not None and grid.is_finite() and battery.is_finite()
+    if not (inputs_ok and math.isfinite(target)):
+        assert output.failsafe and values == [0] * len(values)
+    for value in (output.raw_w, output.grid_w, output.battery_w, output.load_w, output.trim_w):
+        assert value is None or math.isfinite(value)
+    assert all(math.isfinite(v) for v in output.state.trim_w.values())

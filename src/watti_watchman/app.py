@@ -63,6 +63,8 @@ class Application:
         for component in self.components:
             self.exposition.add(component)
         self.http: HttpServer | None = None
+        self.started = asyncio.Event()
+        """Set once the HTTP server listens (`http_port` then holds the bound port)."""
 
     @property
     def components(self) -> list[Component]:
@@ -213,6 +215,8 @@ class Application:
             self.http_port,
         )
         await self.http.start()
+        self.http_port = self.http.port
+        self.started.set()
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(c.run(), name=c.name) for c in self.components]

@@ -14,8 +14,8 @@ from watti_watchman.config.loader import parse_config
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.config.resolve import ResolvedConfig
 from watti_watchman.sim.janitza_server import JanitzaServer
-from watti_watchman.sim.plant import PRESETS, Plant, PlantConfig
-from watti_watchman.sim.scenario import Scenario, load_scenario
+from watti_watchman.sim.plant import PRESETS, Plant, PlantConfig, Profile
+from watti_watchman.sim.scenario import load_scenario
 from watti_watchman.sim.venus import VenusEmulator
 from watti_watchman.sim.world import RealTimePlant
 
@@ -25,66 +25,82 @@ PORTAL_ID = "c0ffee000001"
 GRID_UNIT = 2
 BATTERY_UNIT = 1
 PLANT_OFFSET_W = 20.0
+"""The simulated Multi delivers its setpoint plus this per phase (W): the trim removes it."""
 
 
 @dataclass
 class SimulatedSite:
-    """Everything the demo simulates: broker, two Janitza servers, the GX and the plant."""
+    """Everything the demo simulates on loopback: two Janitza servers, the GX and the plant."""
 
-    broker: EmbeddedBroker
+    mqtt_port: int
     grid_server: JanitzaServer
     battery_server: JanitzaServer
     venus: VenusEmulator
     world: RealTimePlant
 
-    def config(self, http_port: int) -> ResolvedConfig:
-        """The bundled demo configuration with this site's ports filled in."""
-        text = resources.files("watti_watchman.sim").joinpath("demo_config.yml").read_text()
-        env = {
-            "WATTI_DEMO_MQTT_PORT": str(self.broker.port),
+    def environment(self) -> dict[str, str]:
+        """The ${WATTI_DEMO_*} variables of the bundled demo configuration for this site."""
+        return {
+            "WATTI_DEMO_MQTT_PORT": str(self.mqtt_port),
             "WATTI_DEMO_GRID_PORT": str(self.grid_server.port),
             "WATTI_DEMO_BATTERY_PORT": str(self.battery_server.port),
             "WATTI_DEMO_PORTAL_ID": PORTAL_ID,
         }
-        resolved = parse_config(text.replace("port: 9292", f"port: {http_port}"), env)
-        return resolved
+
+    def config(self, http_port: int) -> ResolvedConfig:
+        """The bundled demo configuration with this site's ports filled in."""
+        return parse_config(
+            demo_config_text().replace("port: 9292", f"port: {http_port}"), self.environment()
+        )
+
+
+def demo_config_text() -> str:
+    """The bundled demo configuration (with ${WATTI_DEMO_*} placeholders)."""
+    return resources.files("watti_watchman.sim").joinpath("demo_config.yml").read_text()
 
 
 @contextlib.asynccontextmanager
-async def simulated_site(scenario: Scenario, plant_preset: str = "medium") -> AsyncIterator[SimulatedSite]:
-    """Start the simulated peers on loopback; stop them on exit. The plant runs as a task."""
+async def simulated_site(
+    load: Profile,
+    pv: Profile,
+    *,
+    mqtt_port: int,
+    initial_soc_percent: float = 50.0,
+    plant_preset: str = "medium",
+    run_plant: bool = True,
+) -> AsyncIterator[SimulatedSite]:
+    """Start the simulated peers against the broker at 127.0.0.1:`mqtt_port`; the plant runs as a task.
+
+    With `run_plant` False the meters serve whatever the caller sets (latency measurements).
+    """
     plant = Plant(
         PlantConfig(
-            inverter=PRESETS[plant_preset],
-            initial_soc_percent=scenario.initial_soc_percent,
-            offset_w=PLANT_OFFSET_W,
+            inverter=PRESETS[plant_preset], initial_soc_percent=initial_soc_percent, offset_w=PLANT_OFFSET_W
         ),
-        scenario.load_w,
-        scenario.pv_w,
+        load,
+        pv,
     )
     zero = [0.0] * 39
-    async with EmbeddedBroker(HOST) as broker:
-        grid_server = JanitzaServer(zero, unit=GRID_UNIT)
-        battery_server = JanitzaServer(zero, unit=BATTERY_UNIT)
-        await grid_server.start()
-        await battery_server.start()
-        connection = MqttConnectionConfig(name="venus", host=HOST, port=broker.port, client_id="demo_gx")
-        venus = VenusEmulator(connection, PORTAL_ID)
-        venus.set_bms_limits(plant.config.bms_max_charge_current_a, plant.config.bms_max_discharge_current_a)
-        world = RealTimePlant(plant, grid_server, battery_server, venus)
-        site = SimulatedSite(broker, grid_server, battery_server, venus, world)
-        tasks = [
-            asyncio.create_task(venus.run(), name="venus"),
-            asyncio.create_task(world.run(), name="plant"),
-        ]
-        try:
-            yield site
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await grid_server.stop()
-            await battery_server.stop()
+    grid_server = JanitzaServer(zero, unit=GRID_UNIT)
+    battery_server = JanitzaServer(zero, unit=BATTERY_UNIT)
+    await grid_server.start()
+    await battery_server.start()
+    connection = MqttConnectionConfig(name="venus", host=HOST, port=mqtt_port, client_id="demo_gx")
+    venus = VenusEmulator(connection, PORTAL_ID)
+    venus.set_bms_limits(plant.config.bms_max_charge_current_a, plant.config.bms_max_discharge_current_a)
+    world = RealTimePlant(plant, grid_server, battery_server, venus)
+    site = SimulatedSite(mqtt_port, grid_server, battery_server, venus, world)
+    tasks = [asyncio.create_task(venus.run(), name="venus")]
+    if run_plant:
+        tasks.append(asyncio.create_task(world.run(), name="plant"))
+    try:
+        yield site
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await grid_server.stop()
+        await battery_server.stop()
 
 
 async def run_demo(duration_s: float | None, port: int, scenario: str) -> int:
@@ -98,16 +114,20 @@ async def run_demo(duration_s: float | None, port: int, scenario: str) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with simulated_site(chosen) as site:
+    async with (
+        EmbeddedBroker(HOST) as broker,
+        simulated_site(
+            chosen.load_w, chosen.pv_w, mqtt_port=broker.port, initial_soc_percent=chosen.initial_soc_percent
+        ) as site,
+    ):
         app = Application(site.config(port), http_host=HOST, http_port=port)
         app_task = asyncio.create_task(app.run(stop), name="app")
-        while app.http is None or app.http.port == 0 and not app_task.done():
-            await asyncio.sleep(0.01)
-        base = f"http://{HOST}:{app.http.port}"
+        await app.started.wait()
+        base = f"http://{HOST}:{app.http_port}"
         print(f"WattiWatchman demo ({chosen.name}: {chosen.description})", flush=True)
         print(f"  status page: {base}/", flush=True)
         print(f"  metrics:     {base}/metrics", flush=True)
-        print(f"  MQTT broker: {HOST}:{site.broker.port} (portal id {PORTAL_ID})", flush=True)
+        print(f"  MQTT broker: {HOST}:{broker.port} (portal id {PORTAL_ID})", flush=True)
         print("  Ctrl-C to stop" if duration_s is None else f"  stopping after {duration_s:g} s", flush=True)
         if duration_s is not None:
             with contextlib.suppress(TimeoutError):

@@ -1,0 +1,71 @@
+"""CPU: the whole service (`watti-watchman run`, demo configuration, all services on) against the
+simulated plant, with /metrics scraped every 200 ms as Prometheus would; % of one core.
+
+The plant, the Modbus servers and the Venus emulator run in this process; the service in its own,
+whose CPU time is read from /proc. Run: `uv run python -m benchmarks.bench_cpu [--seconds 60]`.
+"""
+
+import argparse
+import asyncio
+import os
+import time
+import urllib.request
+
+from benchmarks.support import percentile, print_table, running_broker, service_process
+from watti_watchman.sim.demo import simulated_site
+from watti_watchman.sim.scenario import load_scenario
+
+WARMUP_S = 5.0
+SCRAPE_S = 0.2
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (s)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def scrape(url: str) -> float:
+    """GET `url`; returns the response time (s)."""
+    started = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=2) as response:
+        response.read()
+    return time.perf_counter() - started
+
+
+async def measure(seconds: float) -> tuple[float, list[float], str]:
+    """(CPU % of one core, /metrics response times s, broker kind) over `seconds` after warm-up."""
+    scenario = load_scenario("demo")
+    async with (
+        running_broker() as broker,
+        simulated_site(scenario.load_w, scenario.pv_w, mqtt_port=broker.port) as site,
+        service_process(site) as (pid, http_port),
+    ):
+        url = f"http://127.0.0.1:{http_port}/metrics"
+        await asyncio.sleep(WARMUP_S)
+        cpu_start, wall_start = cpu_seconds(pid), time.monotonic()
+        scrape_times: list[float] = []
+        while time.monotonic() - wall_start < seconds:
+            scrape_times.append(await asyncio.to_thread(scrape, url))
+            await asyncio.sleep(SCRAPE_S)
+        cpu_used = cpu_seconds(pid) - cpu_start
+        wall = time.monotonic() - wall_start
+        return 100.0 * cpu_used / wall, scrape_times, broker.kind
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    args = parser.parse_args()
+    cpu_percent, scrapes, kind = asyncio.run(measure(args.seconds))
+    ms = sorted(value * 1000 for value in scrapes)
+    print(f"\nwhole service on the demo configuration, {args.seconds:g} s, {kind} broker\n")
+    print_table(
+        ["CPU % of one core", "target", "/metrics scrapes", "scrape p50 ms", "scrape p99 ms"],
+        [[f"{cpu_percent:.1f}", "≤ 5", len(ms), f"{percentile(ms, 0.5):.1f}", f"{percentile(ms, 0.99):.1f}"]],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,8 @@ import os
 import time
 import urllib.request
 
-from benchmarks.support import percentile, print_table, running_broker, service_process
+from benchmarks.support import percentile, print_table, running_broker
+from tests.support.service import service_process
 from watti_watchman.sim.demo import simulated_site
 from watti_watchman.sim.scenario import load_scenario
 
@@ -40,9 +41,9 @@ async def measure(seconds: float) -> tuple[float, list[float], str]:
     async with (
         running_broker() as broker,
         simulated_site(scenario.load_w, scenario.pv_w, mqtt_port=broker.port) as site,
-        service_process(site) as (pid, http_port),
+        service_process(site) as service,
     ):
-        url = f"http://127.0.0.1:{http_port}/metrics"
+        pid, url = service.process.pid, f"http://127.0.0.1:{service.http_port}/metrics"
         await asyncio.sleep(WARMUP_S)
         cpu_start, wall_start = cpu_seconds(pid), time.monotonic()
         scrape_times: list[float] = []

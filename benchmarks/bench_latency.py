@@ -16,7 +16,8 @@ import time
 
 import aiomqtt
 
-from benchmarks.support import percentile, print_table, running_broker, service_process
+from benchmarks.support import percentile, print_table, running_broker
+from tests.support.service import service_process
 from watti_watchman.domain.readings import PowerSample
 from watti_watchman.sim.demo import PORTAL_ID, simulated_site
 from watti_watchman.sim.plant import constant

@@ -1,18 +1,10 @@
-"""Shared benchmark plumbing: a real broker, the simulated site and `watti-watchman run` as a process."""
+"""Shared benchmark plumbing: a real broker, percentiles and Markdown tables."""
 
-import asyncio
 import contextlib
-import os
-import signal
 import statistics
-import sys
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
-from tempfile import TemporaryDirectory
 
 from tests.support.brokers import TestBroker, make_broker
-from watti_watchman.broker import free_port
-from watti_watchman.sim.demo import SimulatedSite, demo_config_text
 
 
 @contextlib.asynccontextmanager
@@ -24,38 +16,6 @@ async def running_broker() -> AsyncIterator[TestBroker]:
         yield broker
     finally:
         await broker.stop()
-
-
-@contextlib.asynccontextmanager
-async def service_process(site: SimulatedSite, log: Path | None = None) -> AsyncIterator[tuple[int, int]]:
-    """`watti-watchman run` on the demo configuration against `site`; yields (pid, http port)."""
-    http_port = free_port()
-    with TemporaryDirectory(prefix="watti-bench-") as folder:
-        config = Path(folder) / "watti_watchman.yml"
-        config.write_text(demo_config_text().replace("port: 9292", f"port: {http_port}"))
-        log_file = open(log or os.devnull, "wb")  # noqa: SIM115, ASYNC230 - closed below
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "watti_watchman.cli",
-            "run",
-            "-c",
-            str(config),
-            env={**os.environ, **site.environment()},
-            stdout=log_file,
-            stderr=log_file,
-        )
-        try:
-            yield process.pid, http_port
-        finally:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(process.wait(), 10)
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
-            log_file.close()
 
 
 def percentile(values: Sequence[float], share: float) -> float:

@@ -3,10 +3,7 @@ Venus OS emulator on a real broker, closing the loop through the simulated plant
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -14,10 +11,10 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.brokers import TestBroker
+from tests.support.service import service_process
 from tests.support.tools import require_tool
 from tests.support.waiting import wait_until
-from watti_watchman.broker import free_port
-from watti_watchman.sim.demo import PORTAL_ID, SimulatedSite, demo_config_text, simulated_site
+from watti_watchman.sim.demo import SimulatedSite, simulated_site
 from watti_watchman.sim.plant import constant
 
 BASE_LOAD_W = (300.0, 200.0, 250.0)
@@ -85,48 +82,31 @@ async def test_run_regulates_out_a_2kw_step_and_writes_0w_on_sigterm(
     def load(t_s: float) -> tuple[float, float, float]:
         return (BASE_LOAD_W[0] + extra_w[0], BASE_LOAD_W[1], BASE_LOAD_W[2])
 
-    http_port = free_port()
-    config = tmp_path / "watti_watchman.yml"
-    config.write_text(demo_config_text().replace("port: 9292", f"port: {http_port}"))
-    async with simulated_site(load, constant(0.0), mqtt_port=broker.port) as site:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "watti_watchman.cli",
-            "run",
-            "-c",
-            str(config),
-            env={**os.environ, **site.environment()},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            # Before the step the battery covers the base load (~750 W discharge).
-            await wait_regulated(site, timeout_s=20)
-            assert sum(site.world.plant.battery_w) < -600
-            extra_w[0] = STEP_W
-            await wait_until(lambda: (grid_total_w(site) or 0) > 1000, timeout_s=2, what="the step to show")
-            settle_s = await wait_regulated(site, timeout_s=5)
-            assert settle_s < 3.0
-            assert sum(site.world.plant.battery_w) < -2500
-            live = await asyncio.to_thread(fetch_json, f"http://127.0.0.1:{http_port}/api/live")
-            assert live["reason"] == "regulating"
-            health = await asyncio.to_thread(fetch_json, f"http://127.0.0.1:{http_port}/healthz")
-            assert health["status"] == "ok"
-            metrics_text = await asyncio.to_thread(fetch_text, f"http://127.0.0.1:{http_port}/metrics")
-            writes_before = len(site.venus.writes)
-            process.send_signal(signal.SIGTERM)
-            returncode = await asyncio.wait_for(process.wait(), 10)
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-        stderr = (await process.stderr.read()).decode() if process.stderr else ""
-        assert returncode == 0, stderr
+    async with (
+        simulated_site(load, constant(0.0), mqtt_port=broker.port) as site,
+        service_process(site) as service,
+    ):
+        base = f"http://127.0.0.1:{service.http_port}"
+        # Before the step the battery covers the base load (~750 W discharge).
+        await wait_regulated(site, timeout_s=20)
+        assert sum(site.world.plant.battery_w) < -600
+        extra_w[0] = STEP_W
+        await wait_until(lambda: (grid_total_w(site) or 0) > 1000, timeout_s=2, what="the step to show")
+        settle_s = await wait_regulated(site, timeout_s=5)
+        assert settle_s < 3.0
+        assert sum(site.world.plant.battery_w) < -2500
+        live = await asyncio.to_thread(fetch_json, f"{base}/api/live")
+        assert live["reason"] == "regulating"
+        health = await asyncio.to_thread(fetch_json, f"{base}/healthz")
+        assert health["status"] == "ok"
+        metrics_text = await asyncio.to_thread(fetch_text, f"{base}/metrics")
+        writes_before = len(site.venus.writes)
+        returncode = await service.stop()
+        log = service.log()
+        assert returncode == 0, log
         setpoint_writes = [w for w in site.venus.writes[writes_before:] if w.path.endswith("AcPowerSetpoint")]
         last_by_path = {w.path: w.value for w in setpoint_writes}
         assert sorted(last_by_path) == [f"vebus/276/Hub4/L{n}/AcPowerSetpoint" for n in (1, 2, 3)]
         assert set(last_by_path.values()) == {0}
-        assert "wrote 0 W" in stderr
-        check_exposition(metrics_text)
-        assert PORTAL_ID in stderr or "FlashMQ" in stderr
+        assert "wrote 0 W" in log
+    check_exposition(metrics_text)

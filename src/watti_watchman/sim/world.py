@@ -70,7 +70,7 @@ def janitza_values(sample: PowerSample, energy: EnergyCounters, frequency_hz: fl
         *energy.export_wh,
         sum(energy.export_wh),
     ]
-    assert len(values) == JANITZA_VALUE_COUNT  # noqa: S101 - construction invariant
+    assert len(values) == JANITZA_VALUE_COUNT
     return values
 
 

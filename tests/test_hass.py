@@ -339,7 +339,7 @@ async def test_states_hold_back_energy_regression_and_never_publish_non_finite(
         plant.grid.reading.publish(reading(energy_import_sum=highest - 500.0, voltage_l1_n=math.nan))
         await wait_until(lambda: states()[-1]["voltage_l1_n"] is None, what="NaN published as unknown")
         assert states()[-1]["energy_import_sum"] == highest
-        assert metric(feeder, "watti_hass_counter_regressions_held_back_total") >= 1
+        assert metric(feeder, "watti_hass_energy_regressions_held_back_total") >= 1
         assert metric(feeder, "watti_hass_non_finite_suppressed_total") >= 1
         plant.grid.reading.publish(reading(energy_import_sum=highest + 10.0))
         await wait_until(lambda: states()[-1]["energy_import_sum"] == highest + 10.0, what="rise passes")

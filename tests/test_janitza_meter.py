@@ -211,7 +211,7 @@ async def test_invert_negates_power(janitza_server: JanitzaServer) -> None:
     assert power.total_w == -1934.24169921875
     exposed = samples(meter)
     assert exposed[("watti_janitza_real_power_sum_watts", (("name", "hak"),))] == -1934.24169921875
-    assert exposed[("watti_janitza_energy_import_sum_watt_hours_total", (("name", "hak"),))] == 193044.84375
+    assert exposed[("watti_janitza_energy_import_sum_joules_total", (("name", "hak"),))] == 193044.84375 * 3600
 
 
 async def test_energy_regression_is_flagged_and_counted(
@@ -244,10 +244,10 @@ async def test_metrics_expose_all_values_and_counters(janitza_server: JanitzaSer
         == 0.8861088156700134
     )
     assert exposed[("watti_janitza_frequency_hertz", hak)] == 50.01308059692383
-    assert exposed[("watti_janitza_energy_net_sum_watt_hours", hak)] == 34515072.0
+    assert exposed[("watti_janitza_energy_net_sum_joules", hak)] == 34515072.0 * 3600
     assert (
-        exposed[("watti_janitza_energy_export_watt_hours_total", (("name", "hak"), ("phase", "l1")))]
-        == 61593.81640625
+        exposed[("watti_janitza_energy_export_joules_total", (("name", "hak"), ("phase", "l1")))]
+        == 61593.81640625 * 3600
     )
     value_series = [
         key for key in exposed if key[0].startswith("watti_janitza_") and ("phase", "l1") in key[1]

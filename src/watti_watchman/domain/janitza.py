@@ -71,6 +71,8 @@ class JanitzaQuantity:
     """Path below the Venus `grid` service that takes this value, when one exists."""
     venus_scale: float = 1.0
     """Factor from the table unit to the Venus unit (Wh → kWh: 0.001)."""
+    metric_scale: float = 1.0
+    """Factor from the table unit to the Prometheus base unit (Wh → J: 3600)."""
     valid_range: tuple[float, float] | None = None
     """Physically possible values (inclusive); outside → the whole read is implausible."""
 
@@ -147,20 +149,20 @@ _KINDS: dict[QuantityKind, _Kind] = {
         "Phase rotation: 1 right (clockwise), 0 none, -1 left", "keep", (-1.0, 1.0),
     ),
     "energy_net": _Kind(
-        "Wh", "energy", "total", "watti_janitza_energy_net_watt_hours",
-        "watti_janitza_energy_net_sum_watt_hours", "gauge",
-        "Real energy net (import minus export, can go down) in Wh", "negate", None,
+        "Wh", "energy", "total", "watti_janitza_energy_net_joules",
+        "watti_janitza_energy_net_sum_joules", "gauge",
+        "Real energy net (import minus export, can go down) in J", "negate", None,
     ),
     "energy_import": _Kind(
-        "Wh", "energy", "total_increasing", "watti_janitza_energy_import_watt_hours",
-        "watti_janitza_energy_import_sum_watt_hours", "counter",
-        "Real energy imported (consumed) in Wh; steps back after a meter power loss", "swap",
+        "Wh", "energy", "total_increasing", "watti_janitza_energy_import_joules",
+        "watti_janitza_energy_import_sum_joules", "counter",
+        "Real energy imported (consumed) in J; steps back after a meter power loss", "swap",
         (0.0, math.inf),
     ),
     "energy_export": _Kind(
-        "Wh", "energy", "total_increasing", "watti_janitza_energy_export_watt_hours",
-        "watti_janitza_energy_export_sum_watt_hours", "counter",
-        "Real energy exported (delivered) in Wh; steps back after a meter power loss", "swap",
+        "Wh", "energy", "total_increasing", "watti_janitza_energy_export_joules",
+        "watti_janitza_energy_export_sum_joules", "counter",
+        "Real energy exported (delivered) in J; steps back after a meter power loss", "swap",
         (0.0, math.inf),
     ),
 }  # fmt: skip
@@ -197,6 +199,7 @@ def _row(
         swap_with=swap_with,
         venus_path=venus_path,
         venus_scale=0.001 if venus_path and kind.unit == "Wh" else 1.0,
+        metric_scale=3600.0 if kind.unit == "Wh" else 1.0,
         valid_range=kind.valid_range,
     )
 

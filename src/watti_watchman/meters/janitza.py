@@ -604,7 +604,7 @@ def _value_families(name: str, reading: JanitzaReading) -> Iterable[Metric]:
             family = _new_family(quantity)
             families[quantity.metric] = family
         labels = [name] if quantity.phase is None else [name, quantity.phase]
-        family.add_metric(labels, reading.value(quantity))
+        family.add_metric(labels, reading.value(quantity) * quantity.metric_scale)
     return families.values()
 
 

@@ -395,7 +395,7 @@ class HassFeeder(_HassSession):
         yield states
         for metric, doc, value in (
             (
-                "watti_hass_counter_regressions_held_back",
+                "watti_hass_energy_regressions_held_back",
                 "Energy counter values lower than already published, replaced by the highest",
                 self.held_back_total,
             ),

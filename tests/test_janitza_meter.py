@@ -211,7 +211,9 @@ async def test_invert_negates_power(janitza_server: JanitzaServer) -> None:
     assert power.total_w == -1934.24169921875
     exposed = samples(meter)
     assert exposed[("watti_janitza_real_power_sum_watts", (("name", "hak"),))] == -1934.24169921875
-    assert exposed[("watti_janitza_energy_import_sum_joules_total", (("name", "hak"),))] == 193044.84375 * 3600
+    assert (
+        exposed[("watti_janitza_energy_import_sum_joules_total", (("name", "hak"),))] == 193044.84375 * 3600
+    )
 
 
 async def test_energy_regression_is_flagged_and_counted(

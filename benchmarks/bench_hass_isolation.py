@@ -11,12 +11,12 @@ Run: `uv run python -m benchmarks.bench_hass_isolation [--samples N]`.
 
 import argparse
 import asyncio
-import contextlib
 import statistics
 import time
-from dataclasses import dataclass, field
 
 from tests.support.brokers import make_broker
+from tests.support.proxy import LoopbackProxy
+from tests.support.waiting import wait_until
 from watti_watchman.clock import monotonic
 from watti_watchman.config.meters import JanitzaConfig, VictronConfig
 from watti_watchman.config.mqtt import MqttConnectionConfig
@@ -45,59 +45,6 @@ class TimedVictron(VictronMeter):
         decision = None if self.controller is None else self.controller.last_decision
         if decision is not None and decision.grid_at_s is not None:
             self.latencies_s.append(time.monotonic() - decision.grid_at_s)
-
-
-@dataclass
-class HaProxy:
-    """Loopback proxy to the HA broker: forwards, or (black hole) accepts and never answers."""
-
-    target: tuple[str, int]
-    black_hole: bool = False
-    port: int = 0
-    _writers: list[asyncio.StreamWriter] = field(default_factory=list)
-
-    async def start(self) -> asyncio.Server:
-        """Listen on a free loopback port."""
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-        return server
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.append(writer)
-        if self.black_hole:
-            while await reader.read(65536):
-                pass
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers.append(up_writer)
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            sink.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    def sever(self) -> None:
-        """Abort every current connection."""
-        for writer in self._writers:
-            writer.transport.abort()
-        self._writers.clear()
-
-
-async def wait_for(condition: object, what: str, timeout_s: float = 15.0) -> None:
-    """Poll a zero-argument callable until truthy."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def drive(
@@ -133,8 +80,8 @@ async def main(samples: int) -> None:
     venus_broker, ha_broker = make_broker(), make_broker()
     await venus_broker.start()
     await ha_broker.start()
-    proxy = HaProxy((ha_broker.host, ha_broker.port))
-    server = await proxy.start()
+    proxy = LoopbackProxy(ha_broker.host, ha_broker.port)
+    await proxy.start()
     venus_conn = MqttConnectionConfig(name="venus", host=venus_broker.host, port=venus_broker.port)
     ha_conn = MqttConnectionConfig(name="ha", host="127.0.0.1", port=proxy.port, client_id="bench_ha")
     grid = JanitzaMeter(JanitzaConfig(type="Janitza", name="hak", host="127.0.0.1"))
@@ -172,19 +119,19 @@ async def main(samples: int) -> None:
     rows: list[str] = []
     hass: list[asyncio.Task[None]] = []
     try:
-        await wait_for(victron.ready_for_setpoints, "Victron ready")
+        await wait_until(victron.ready_for_setpoints, 15, "Victron ready")
         rows.append(row("no HA services", await drive(grid, battery, victron, samples), 0))
 
         hass = [asyncio.create_task(s.run()) for s in (feeder, settings)]
-        await wait_for(
-            lambda: feeder.session.is_connected and feeder.states_published, "HA feeder publishing"
+        await wait_until(
+            lambda: feeder.session.is_connected and feeder.states_published, 15, "HA feeder publishing"
         )
         before = sum(feeder.states_published.values())
         latencies = await drive(grid, battery, victron, samples)
         rows.append(row("HA broker up", latencies, sum(feeder.states_published.values()) - before))
 
         await ha_broker.stop()
-        await wait_for(lambda: not feeder.session.is_connected, "HA session down")
+        await wait_until(lambda: not feeder.session.is_connected, 15, "HA session down")
         before = sum(feeder.states_published.values())
         latencies = await drive(grid, battery, victron, samples)
         rows.append(
@@ -203,8 +150,7 @@ async def main(samples: int) -> None:
         for task in [*hass, *plant]:
             task.cancel()
         await asyncio.gather(*hass, *plant, return_exceptions=True)
-        proxy.sever()
-        server.close()
+        proxy.close()
         await venus_broker.stop()
         await ha_broker.stop()
     period_ms = PERIOD_S * 1000

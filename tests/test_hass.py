@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.brokers import TestBroker
 from tests.support.modbus_fixtures import janitza_config
+from tests.support.proxy import LoopbackProxy
 from tests.support.waiting import wait_until
 from watti_watchman import __version__
 from watti_watchman.clock import Clock, ManualClock, monotonic
@@ -419,49 +420,10 @@ async def test_persistent_settings_restored_after_restart(
         assert strict_json(recorder.on(base)[-1]) == {"target_setting": -300.0, "mode_setting": "discharge"}
 
 
-class SeveringProxy:
-    """A loopback TCP proxy to the broker whose connections can be cut without an MQTT DISCONNECT."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
-        self._writers: list[asyncio.StreamWriter] = []
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self._writers += [writer, up_writer]
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            sink.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    def sever(self) -> None:
-        """Abort every proxied connection (both sides), as a dying network would."""
-        for writer in self._writers:
-            writer.transport.abort()
-        self._writers.clear()
-
-    def close(self) -> None:
-        """Stop accepting and cut everything."""
-        self.sever()
-        if self._server is not None:
-            self._server.close()
-
-
 async def test_last_will_marks_offline_when_the_connection_dies(
     broker: TestBroker, mqtt_connection: MqttConnectionConfig, unique_id: str, clock: ManualClock
 ) -> None:
-    proxy = SeveringProxy(mqtt_connection.host, mqtt_connection.port)
+    proxy = LoopbackProxy(mqtt_connection.host, mqtt_connection.port)
     await proxy.start()
     via_proxy = mqtt_connection.model_copy(update={"port": proxy.port})
     plant = make_plant(mqtt_connection, clock, unique_id)

@@ -186,3 +186,11 @@ def test_env_substituted_plain_scalars_are_typed_quoted_stay_text() -> None:
     assert issues_of(quoted, {"GRID_PORT": "1502"}) == [
         "meters[0].port: '1502' is not of type 'integer' (line 16)"
     ]
+
+
+def test_readme_configuration_example_validates() -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    resolved = parse_config(example, {"VICTRON_PORTAL_ID": "c0ffee123456"})
+    assert [m.name for m in resolved.config.meters] == ["hak", "battery_janitza", "battery_victron"]
+    assert [s.type for s in resolved.config.services] == ["ChargeController", "VictronGridFeeder", "HassFeeder"]

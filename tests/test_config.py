@@ -193,4 +193,8 @@ def test_readme_configuration_example_validates() -> None:
     example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
     resolved = parse_config(example, {"VICTRON_PORTAL_ID": "c0ffee123456"})
     assert [m.name for m in resolved.config.meters] == ["hak", "battery_janitza", "battery_victron"]
-    assert [s.type for s in resolved.config.services] == ["ChargeController", "VictronGridFeeder", "HassFeeder"]
+    assert [s.type for s in resolved.config.services] == [
+        "ChargeController",
+        "VictronGridFeeder",
+        "HassFeeder",
+    ]

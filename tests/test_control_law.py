@@ -318,3 +318,52 @@ def test_setpoints_always_within_limits(
     for value in (output.raw_w, output.grid_w, output.battery_w, output.load_w, output.trim_w):
         assert value is None or math.isfinite(value)
     assert all(math.isfinite(v) for v in output.state.trim_w.values())
+
+
+def test_pairing_after_our_own_step_holds_the_load_the_battery_can_explain() -> None:
+    # Kettle off: −650 W commanded at 9.8 s after −2650 W; the battery window ending at 9.89 s
+    # barely shows the response, the grid window ending at 10.0 s shows a third of it.
+    grid = [(9.8, even(-2000)), (10.0, even(-1340))]
+    battery = [(9.69, even(-2650)), (9.89, even(-2610))]
+    commands = [(9.0, even(-2650)), (9.8, even(-650))]
+    held = pair(grid, battery, 10.0, 1.0, commands=commands, load=even(650))
+    assert held is not None and held.alignment == "held"
+    assert held.grid.total_w - held.battery.total_w == pytest.approx(650)  # the command stands
+    # Without the command history ("steady" battery): the stale battery, a load ~600 W off.
+    stale = pair(grid, battery, 10.0, 1.0)
+    assert stale is not None and stale.grid.total_w - stale.battery.total_w == pytest.approx(1270)
+    # A grid the battery's movement cannot explain: the load changed, the estimate follows it.
+    moved = pair(
+        [(9.8, even(-2000)), (10.0, even(500))], battery, 10.0, 1.0, commands=commands, load=even(650)
+    )
+    assert moved is not None and moved.alignment == "extrapolated"
+    assert -2650 <= moved.battery.total_w <= -1510  # within what the battery can have done
+
+
+def test_pairing_extrapolates_a_ramp_but_never_beyond_the_command() -> None:
+    grid = [(9.8, even(0)), (10.0, even(0))]
+    battery = [(9.49, even(-400)), (9.69, even(-600)), (9.89, even(-800))]
+    commands = [(9.4, even(-700)), (9.6, even(-850)), (9.8, even(-1000))]  # no step of our own
+    ramp = pair(grid, battery, 10.0, 1.0, commands=commands, load=even(900))
+    assert ramp is not None and ramp.alignment == "extrapolated"
+    assert ramp.battery.total_w == pytest.approx(-910)  # 0.55 periods further at the same rate
+    capped = pair(grid, battery, 10.0, 1.0, commands=[(9.8, even(-850))], load=even(900))
+    assert capped is not None and capped.battery.total_w == pytest.approx(-850)
+
+
+def test_deadband_applies_only_to_changes_toward_export() -> None:
+    params = replace(PARAMS, deadband_w=30)
+    state = replace(STATE, setpoints={"L1": -333, "L2": -333, "L3": -334})
+    assert run(1020, 0, 50, params=params, state=state).setpoints == state.setpoints
+    assert run(980, 0, 50, params=params, state=state).total_w == -980  # toward import: at once
+
+
+def test_trim_ignores_the_small_import_the_deadband_holds() -> None:
+    params = replace(PARAMS, deadband_w=10, trim_gain_per_s=0.5, trim_limit_w=300, transient_hold_s=0.4)
+    state = STATE
+    for _ in range(20):
+        state = run(5, -1000, 50, params=params, state=state).state
+    assert sum(state.trim_w.values()) == 0  # 5 W import inside the deadband: no wind-up
+    for _ in range(20):
+        state = run(-5, -1000, 50, params=params, state=state).state
+    assert sum(state.trim_w.values()) > 0  # 5 W export: trimmed away

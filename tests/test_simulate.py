@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from watti_watchman.sim.scenario import Scenario, scenario_from_dict
+from watti_watchman.sim.scenario import Scenario, load_scenario, scenario_from_dict
 from watti_watchman.sim.score import segments
 from watti_watchman.sim.simulate import run_simulate
 from watti_watchman.sim.virtual import simulate_run
@@ -95,3 +95,9 @@ def test_segments_follow_steps_and_ramp_ends() -> None:
         }
     )
     assert [(s.start_s, s.end_s) for s in segments(clouds)] == [(2, 5), (5, 10), (12, 15), (20, 30)]
+
+
+def test_kettle_off_on_the_fast_plant_is_one_command_not_a_swing() -> None:
+    trace = simulate_run(load_scenario("kettle_l1"), "fast", "watti").trace
+    after = [s for t, s in zip(trace.times_s, trace.setpoint_w, strict=True) if 15.25 <= t <= 16.5]
+    assert all(-720 <= s <= -600 for s in after)  # the load is 650 W: no −1267 / −377 swing

@@ -20,6 +20,8 @@ from watti_watchman.domain.settings import Mode
 Regulation = Literal["total", "per_phase"]
 MAX_PLAUSIBLE_W = 1_000_000.0
 """Readings beyond ±1 MW are garbage and treated like non-finite ones."""
+STEADY_W = 50.0
+"""Battery samples closer than this (W, total) mean the battery power is not moving."""
 
 
 class Reason(StrEnum):
@@ -65,6 +67,8 @@ class LawParameters:
     trim_limit_w: float = 0.0
     transient_w: float = 200.0
     """A load or command change between decisions, or a grid error, above this: trim frozen (W)."""
+    steady_w: float = STEADY_W
+    """The battery moving more than this between decisions is still settling: trim frozen (W)."""
     transient_hold_s: float = 1.0
     """The trim integrates only after this long without a transient."""
     max_dt_s: float = 1.0
@@ -79,6 +83,7 @@ class LawParameters:
             self.trim_gain_per_s,
             self.trim_limit_w,
             self.transient_w,
+            self.steady_w,
             self.transient_hold_s,
             self.max_dt_s,
             1.0 if self.export_slew_w_per_s is None else self.export_slew_w_per_s,
@@ -89,12 +94,14 @@ class LawParameters:
 
 @dataclass(frozen=True, slots=True)
 class LawState:
-    """What the law remembers: setpoints in force (W), trim per phase (W), quiet time (s), load G − B (W)."""
+    """What the law remembers: setpoints in force (W), trim per phase (W), quiet time (s), load G − B
+    and battery B of the last decision (W)."""
 
     setpoints: PhaseSetpoints
     trim_w: Mapping[Phase, float]
     quiet_s: float
     load: PowerSample | None
+    battery: PowerSample | None = None
 
 
 def initial_state(phases: Sequence[Phase]) -> LawState:
@@ -141,9 +148,12 @@ class LawOutput:
         return sum(self.setpoints.values())
 
 
-Alignment = Literal["battery_interpolated", "grid_interpolated", "nearest"]
-STEADY_W = 50.0
-"""Battery samples closer than this (W, total) mean the battery power is not moving."""
+Alignment = Literal["battery_interpolated", "grid_interpolated", "nearest", "extrapolated", "held"]
+RESPONSE_S = 0.6
+"""After a command change the battery may still be on its way for this long (s): dead time, lag
+and the meter window that must show it (the slowest preset needs ≈0.15 + 0.3 + 0.2 s)."""
+STEP_W = 200.0
+"""A command change larger than this (W, per component) is a step of our own making."""
 History = Sequence[tuple[float, PowerSample]]
 """(time s, sample) pairs, oldest first."""
 
@@ -180,15 +190,107 @@ def _lerp(first: PowerSample, second: PowerSample, weight: float) -> PowerSample
     )
 
 
+def _values(sample: PowerSample) -> tuple[float, float, float, float]:
+    return (sample.l1_w, sample.l2_w, sample.l3_w, sample.total_w)
+
+
+@dataclass(frozen=True, slots=True)
+class _Geometry:
+    """Where the grid window lies relative to the newest battery window (in battery periods)."""
+
+    overlap: float
+    """Fraction of the grid window covered by the newest battery window (0..1)."""
+    ahead: float
+    """Grid window end − newest battery window end."""
+
+
+def _bounds(
+    newest: float, previous: float | None, targets: Sequence[float], geometry: _Geometry
+) -> tuple[float, float]:
+    """Lowest and highest mean battery power over the grid window (W) consistent with the samples.
+
+    The battery moves monotonically toward the targets (our commands) without overshooting them,
+    so it ends up between its newest sample and the farthest target. The newest battery window
+    covers the first `overlap` of the grid window: moving up from at least min(previous, newest)
+    at its start, its later part can lie at most (newest − (1 − φ)·start)/φ high (φ = overlap);
+    the rest of the grid window at most at the target. Moving down likewise.
+    """
+    phi = geometry.overlap
+    high_target = max(newest, *targets)
+    low_target = min(newest, *targets)
+    upper, lower = high_target, low_target
+    if previous is not None and phi > 0.0:
+        start_low, start_high = min(previous, newest), max(previous, newest)
+        covered_high = min(high_target, (newest - (1.0 - phi) * start_low) / phi)
+        covered_low = max(low_target, (newest - (1.0 - phi) * start_high) / phi)
+        upper = phi * max(newest, covered_high) + (1.0 - phi) * high_target
+        lower = phi * min(newest, covered_low) + (1.0 - phi) * low_target
+    return lower, upper
+
+
+def _estimate_battery(
+    grid: float,
+    newest: float,
+    previous: float | None,
+    earlier: float | None,
+    geometry: _Geometry,
+    targets: Sequence[float],
+    own_step: bool,
+    load: float | None,
+    steady_w: float,
+) -> tuple[float, bool]:
+    """One component of the mean battery power over the grid window (W) and whether it was held.
+
+    `newest`/`previous`/`earlier`: the last three battery windows; `targets`: the battery powers the commands
+    in force and written since drive it to (setpoint − trim); `own_step`: one of those commands
+    was a step of our own within the response time; `load`: the previous decision's G − B.
+
+    `_bounds` gives the interval the battery must lie in. Point estimate: the battery's own trend
+    extrapolated to the grid window (linear while it moves at a steady rate, as on a slew limit;
+    shrunk by the ratio of its last two movements while it decelerates into a lag), kept inside
+    the interval (never beyond a command). After a step of our own the response may not show in
+    any battery window yet, so the trend says nothing: then, if the previous load G − B is
+    consistent with the interval, it is kept (the battery's movement explains the grid's; the
+    command stands, as it would with synchronised meters); if not, the load provably changed and
+    the point estimate is used. No plant dynamics are assumed beyond "moves toward the command,
+    monotonically", and an estimate that was wrong does not drive the next command further the
+    same way: no ringing.
+    """
+    trend = newest
+    if previous is not None and abs(newest - previous) >= steady_w:
+        step = newest - previous
+        if earlier is not None and (previous - earlier) * step > 0.0:
+            step *= min(1.0, step / (previous - earlier))
+        trend = newest + step * geometry.ahead
+    if not targets:
+        return trend, False
+    lower, upper = _bounds(newest, previous, targets, geometry)
+    if own_step and load is not None and lower <= grid - load <= upper:
+        return grid - load, True
+    return min(upper, max(lower, trend)), False
+
+
 def pair(
-    grid: History, battery: History, now_s: float, max_age_s: float, steady_w: float = STEADY_W
+    grid: History,
+    battery: History,
+    now_s: float,
+    max_age_s: float,
+    steady_w: float = STEADY_W,
+    *,
+    commands: History | None = None,
+    load: PowerSample | None = None,
+    response_s: float = RESPONSE_S,
+    step_w: float = STEP_W,
 ) -> Pairing | None:
     """Align the newest grid sample with the battery series (samples older than `max_age_s` ignored).
 
-    Battery samples bracketing the grid time: interpolate the battery to the grid time. Battery
-    steady (its last two samples differ by less than `steady_w`): the newest battery sample still
-    holds at the grid time. Battery moving: interpolate the grid to the newest battery time, so
-    both describe the same instant. None when either series has no fresh sample.
+    Battery samples bracketing the grid time: interpolate the battery to the grid time. Otherwise,
+    with the command history (`commands`: write time, battery power each write drives to, i.e.
+    setpoint − trim) see `_estimate_battery`; `load` is the previous decision's G − B. Without it
+    (nothing written yet, dry run): battery steady (its last two samples differ by less than
+    `steady_w`): the newest battery sample still holds at the grid time; battery moving:
+    interpolate the grid to the newest battery time, so both describe the same instant. None when
+    either series has no fresh sample.
     """
     fresh_grid = [(at_s, sample) for at_s, sample in grid if now_s - at_s <= max_age_s]
     fresh = [(at_s, sample) for at_s, sample in battery if now_s - at_s <= max_age_s]
@@ -200,6 +302,8 @@ def pair(
             battery_sample = _lerp(s0, s1, (grid_at_s - t0) / (t1 - t0))
             return Pairing(grid_sample, battery_sample, 0.0, "battery_interpolated")
     battery_at_s, battery_sample = fresh[-1]
+    if commands is not None and battery_at_s < grid_at_s:
+        return _estimate(fresh_grid, grid_sample, fresh, commands, load, response_s, steady_w, step_w)
     moving = len(fresh) >= 2 and not abs(battery_sample.total_w - fresh[-2][1].total_w) < steady_w
     if moving and len(fresh_grid) >= 2:
         previous_at_s, previous = fresh_grid[-2]
@@ -209,6 +313,58 @@ def pair(
             return Pairing(aligned, battery_sample, grid_at_s - battery_at_s, "grid_interpolated")
     battery_at_s, battery_sample = min(fresh, key=lambda item: abs(grid_at_s - item[0]))
     return Pairing(grid_sample, battery_sample, grid_at_s - battery_at_s, "nearest")
+
+
+def _estimate(
+    grid: History,
+    grid_sample: PowerSample,
+    fresh: History,
+    commands: History,
+    load: PowerSample | None,
+    response_s: float,
+    steady_w: float,
+    step_w: float,
+) -> Pairing:
+    """The battery over the grid window from its samples and our own command history."""
+    grid_at_s = grid[-1][0]
+    battery_at_s, newest = fresh[-1]
+    previous: PowerSample | None = None
+    earlier: PowerSample | None = None
+    geometry = _Geometry(0.0, 0.0)
+    if len(fresh) >= 2 and fresh[-1][0] > fresh[-2][0]:
+        previous = fresh[-2][1]
+        earlier = fresh[-3][1] if len(fresh) >= 3 else None
+        period_s = fresh[-1][0] - fresh[-2][0]
+        overlap = (battery_at_s - grid_at_s + period_s) / period_s
+        geometry = _Geometry(min(1.0, max(0.0, overlap)), (grid_at_s - battery_at_s) / period_s)
+    since_s = grid_at_s - response_s
+    chain = [sample for at_s, sample in commands if at_s <= since_s][-1:]
+    recent = [sample for at_s, sample in commands if at_s > since_s]
+    before = chain or [fresh[0][1]]
+    """What the battery was told (or, before any write, did) before the recent commands."""
+    chain.extend(recent)
+    usable = load if _plausible(load) else None
+    values: list[float] = []
+    held = False
+    for index in range(4):
+        targets = [_values(sample)[index] for sample in chain]
+        told = [_values(sample)[index] for sample in (*before, *recent)]
+        steps = itertools.pairwise(told) if recent else ()
+        value, component_held = _estimate_battery(
+            _values(grid_sample)[index],
+            _values(newest)[index],
+            None if previous is None else _values(previous)[index],
+            None if earlier is None else _values(earlier)[index],
+            geometry,
+            targets,
+            any(abs(b - a) > step_w for a, b in steps),
+            None if usable is None else _values(usable)[index],
+            steady_w,
+        )
+        values.append(value)
+        held = held or component_held
+    estimate = PowerSample(values[0], values[1], values[2], values[3])
+    return Pairing(grid_sample, estimate, grid_at_s - battery_at_s, "held" if held else "extrapolated")
 
 
 def _deviation_w(first: PowerSample, second: PowerSample) -> tuple[float, float, float, float]:
@@ -333,15 +489,23 @@ def _next_trim(
     trim: Mapping[Phase, float],
     dt_s: float,
 ) -> dict[Phase, float]:
-    """Integrate the grid error T − G into the per-phase trim (W), bounded by ±trim_limit/phases."""
+    """Integrate the grid error T − G into the per-phase trim (W), bounded by ±trim_limit/phases.
+
+    A small import (less than the deadband) is what the deadband itself holds: integrating it would
+    only push the command past the deadband toward export and back, so it counts as no error.
+    """
     count = len(params.phases)
     bound_w = params.trim_limit_w / count
     result: dict[Phase, float] = {}
     for phase in params.phases:
         if params.regulation == "total":
-            error_w = (target_w - grid.total_w) / count
+            error_w = target_w - grid.total_w
         else:
             error_w = target_w / count - grid.phase_w(phase)
+        if -params.deadband_w < error_w < 0.0:
+            error_w = 0.0
+        if params.regulation == "total":
+            error_w /= count
         value = trim.get(phase, 0.0) + params.trim_gain_per_s * dt_s * error_w
         result[phase] = min(bound_w, max(-bound_w, value))
     return result
@@ -381,7 +545,12 @@ def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutp
     setpoints = command.setpoints
     largest_change_w = max(abs(new - old) for new, old in zip(setpoints, previous, strict=True))
     total_change_w = abs(sum(setpoints) - sum(previous))
-    if max(largest_change_w, total_change_w) < params.deadband_w and _within(previous, limits):
+    toward_import = any(new > old for new, old in zip(setpoints, previous, strict=True))
+    if (
+        not toward_import
+        and max(largest_change_w, total_change_w) < params.deadband_w
+        and _within(previous, limits)
+    ):
         setpoints = previous
     load = PowerSample(
         grid.l1_w - battery.l1_w,
@@ -394,6 +563,8 @@ def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutp
         or max(_deviation_w(load, state.load)) > params.transient_w
         or max(abs(new - old) for new, old in zip(setpoints, previous, strict=True)) > params.transient_w
         or abs(sum(setpoints) - sum(previous)) > params.transient_w
+        or state.battery is None
+        or max(_deviation_w(battery, state.battery)) > params.steady_w
     )
     quiet_s = 0.0 if transient else state.quiet_s + dt_s
     target = PowerSample(target_w / 3, target_w / 3, target_w / 3, target_w)
@@ -415,5 +586,5 @@ def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutp
         battery.total_w,
         load.total_w,
         sum(trim.values()),
-        LawState(result, trim, quiet_s, load),
+        LawState(result, trim, quiet_s, load, battery),
     )

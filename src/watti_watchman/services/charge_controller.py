@@ -3,7 +3,7 @@
 import asyncio
 import logging
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from watti_watchman.clock import Clock, monotonic
 from watti_watchman.config.services import ChargeControllerConfig
 from watti_watchman.domain.control import (
+    RESPONSE_S,
     Alignment,
     LawInputs,
     LawOutput,
@@ -24,7 +25,7 @@ from watti_watchman.domain.control import (
     pair,
 )
 from watti_watchman.domain.limits import LimitConfig, LimitSource, SocTable
-from watti_watchman.domain.readings import BatteryStatus, PhaseSetpoints, PowerSample
+from watti_watchman.domain.readings import PHASES, BatteryStatus, PhaseSetpoints, PowerSample
 from watti_watchman.domain.settings import MODES, Mode, RuntimeSettings, SettingsHolder
 from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Stamped
@@ -126,6 +127,8 @@ class ChargeController:
         self._write_due_s = -math.inf
         self._grid_seq = 0
         self._previous_grid_at_s: float | None = None
+        self._commands: deque[tuple[float, PowerSample]] = deque()
+        """(write time s, battery power the write drives to: setpoint − trim), oldest first."""
         self._stopping = False
         self._write_lock = asyncio.Lock()
         self._latency = _Histogram(LATENCY_BUCKETS_S)
@@ -190,7 +193,18 @@ class ChargeController:
             (item.at_s, item.value) for item in self._grid.power.history() if item.seq <= stamped.seq
         ]
         battery_history = [(item.at_s, item.value) for item in self._battery_meter.power.history()]
-        pairing = pair(grid_history, battery_history, now_s, max_age_s) if fresh else None
+        pairing = (
+            pair(
+                grid_history,
+                battery_history,
+                now_s,
+                max_age_s,
+                commands=None if self.dry_run else list(self._commands),
+                load=self._state.load,
+            )
+            if fresh
+            else None
+        )
         grid = stamped.value if fresh else None
         previous_s = self._previous_grid_at_s
         dt_s = 0.0 if previous_s is None else stamped.at_s - previous_s
@@ -261,8 +275,18 @@ class ChargeController:
         self.writes_total += 1
         self._applied = dict(setpoints)
         self._write_due_s = now_s + self.config.resend_interval
+        self._remember(setpoints, now_s)
         self._failures.success(f"{self.name}: setpoint writes recovered")
         return True
+
+    def _remember(self, setpoints: PhaseSetpoints, now_s: float) -> None:
+        """Keep the written command (as the battery power it drives to) for the pairing."""
+        trim = self._state.trim_w
+        l1, l2, l3 = (setpoints.get(phase, 0) - trim.get(phase, 0.0) for phase in PHASES)
+        self._commands.append((now_s, PowerSample(l1, l2, l3, l1 + l2 + l3)))
+        horizon_s = self.config.max_age + RESPONSE_S
+        while len(self._commands) > 1 and now_s - self._commands[1][0] > horizon_s:
+            self._commands.popleft()
 
     def _write_failed(self, reason: str, detail: object, now_s: float) -> None:
         self.write_failures[reason] += 1

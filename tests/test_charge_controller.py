@@ -9,7 +9,6 @@ setpoint writes (the network edge is covered by the end-to-end test). The grid h
 import asyncio
 import itertools
 import json
-import math
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -21,71 +20,13 @@ from watti_watchman.clock import ManualClock
 from watti_watchman.config.services import ChargeControllerConfig
 from watti_watchman.domain.control import Reason
 from watti_watchman.domain.readings import BatteryStatus, PhaseSetpoints, PowerSample
-from watti_watchman.latest import Latest, Stamped
+from watti_watchman.latest import Latest
 from watti_watchman.services.charge_controller import ChargeController
 from watti_watchman.sim.plant import PRESETS, Plant, PlantConfig, Profile, constant, steps
+from watti_watchman.sim.virtual import ManualLatest, SimulatedMeter
 
 T = TypeVar("T")
 STEP_S = 0.005
-
-
-class ManualLatest(Latest[T]):
-    """A `Latest` whose `wait_newer` timeout elapses on the manual clock (fired by `fire_due`)."""
-
-    def __init__(self, clock: ManualClock) -> None:
-        super().__init__(clock)
-        self._manual = clock
-        self._waiter: asyncio.Future[None] | None = None
-        self._deadline_s = math.inf
-        self.parked = False
-
-    def publish(self, value: T, at_s: float | None = None) -> Stamped[T]:
-        stamped = super().publish(value, at_s)
-        self._wake()
-        return stamped
-
-    def fire_due(self) -> None:
-        """Wake a waiter whose timeout has passed on the manual clock."""
-        if self.parked and self._manual() >= self._deadline_s - 1e-9:
-            self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-        self.parked = False
-
-    async def wait_newer(self, seq: int, timeout_s: float | None) -> Stamped[T] | None:
-        newest = self.snapshot()
-        if newest is not None and newest.seq > seq:
-            return newest
-        self._deadline_s = math.inf if timeout_s is None else self._manual() + timeout_s
-        if self._manual() >= self._deadline_s - 1e-9:
-            return None
-        self._waiter = asyncio.get_running_loop().create_future()
-        self.parked = True
-        await self._waiter
-        newest = self.snapshot()
-        return newest if newest is not None and newest.seq > seq else None
-
-
-class PlantMeter:
-    """A power meter fed by the plant's windows."""
-
-    def __init__(self, name: str, power: Latest[PowerSample]) -> None:
-        self.name = name
-        self.power = power
-
-    def is_fresh(self) -> bool:
-        return self.power.is_fresh(1.0)
-
-    async def run(self) -> None:  # pragma: no cover - driven by the rig
-        return None
-
-    def collect_metrics(self) -> Iterable[Metric]:  # pragma: no cover - not scraped here
-        return ()
-
-    def status(self) -> Mapping[str, Any]:  # pragma: no cover - not asked here
-        return {}
 
 
 @dataclass
@@ -149,8 +90,8 @@ class Rig:
         self.plant = plant
         self.origin_s = clock() - plant.time_s
         self.grid_power: ManualLatest[PowerSample] = ManualLatest(clock)
-        self.grid = PlantMeter("hak", self.grid_power)
-        self.battery_meter = PlantMeter("battery", Latest(clock))
+        self.grid = SimulatedMeter("hak", self.grid_power)
+        self.battery_meter = SimulatedMeter("battery", Latest(clock))
         self.battery = PlantBattery(plant, clock)
         self.controller = ChargeController(
             config, self.grid, self.battery_meter, self.battery, clock=clock, dry_run=dry_run

@@ -266,7 +266,7 @@ class ManualLatest(Latest[T]):
         return newest if newest is not None and newest.seq > seq else None
 
 
-class _Meter:
+class SimulatedMeter:
     """A power meter holder fed by the loop (the `PowerMeter` protocol)."""
 
     def __init__(self, name: str, power: Latest[PowerSample]) -> None:
@@ -333,8 +333,8 @@ class WattiAgent:
         self.battery = _Battery(loop, latencies.write_s)
         self.controller = ChargeController(
             config,
-            _Meter("hak", self.grid_power),
-            _Meter("battery", self._battery_power),
+            SimulatedMeter("hak", self.grid_power),
+            SimulatedMeter("battery", self._battery_power),
             self.battery,
             clock=loop.now_s,
         )

@@ -23,7 +23,7 @@ from watti_watchman.domain.readings import BatteryStatus, PhaseSetpoints, PowerS
 from watti_watchman.latest import Latest
 from watti_watchman.services.charge_controller import ChargeController
 from watti_watchman.sim.plant import PRESETS, Plant, PlantConfig, Profile, constant, steps
-from watti_watchman.sim.virtual import ManualLatest, SimulatedMeter
+from watti_watchman.sim.virtual import ManualLatest, SimulatedMeter, default_controller_config
 
 T = TypeVar("T")
 STEP_S = 0.005
@@ -64,20 +64,6 @@ class PlantBattery:
 
     def status(self) -> Mapping[str, Any]:  # pragma: no cover - not asked here
         return {}
-
-
-def controller_config(**overrides: Any) -> ChargeControllerConfig:
-    """The original example's controller with optional overrides."""
-    values: dict[str, Any] = {
-        "type": "ChargeController",
-        "grid_meter_name": "hak",
-        "battery_meter_name": "battery",
-        "battery_controller_name": "victron",
-        "charge_limits": {"0": 9000, "90": 2000, "97": 1000, "99": 500},
-        "discharge_limits": {"100": 6000, "10": 1000, "5": 0},
-    }
-    values.update(overrides)
-    return ChargeControllerConfig.model_validate(values)
 
 
 class Rig:
@@ -153,7 +139,7 @@ async def make_rig(clock: ManualClock) -> AsyncIterator[Any]:
     rigs: list[Rig] = []
 
     def make(plant: Plant, config: ChargeControllerConfig | None = None, **kwargs: Any) -> Rig:
-        rig = Rig(clock, plant, config or controller_config(), **kwargs)
+        rig = Rig(clock, plant, config or default_controller_config(), **kwargs)
         rigs.append(rig)
         return rig
 
@@ -227,7 +213,7 @@ async def test_settles_after_a_load_drop_with_little_export(make_rig: Any, prese
 async def test_per_phase_regulation_settles_each_phase(make_rig: Any) -> None:
     load = steps((800.0, 200.0, 500.0), (STEP_AT_S, (1800.0, 200.0, -400.0)))
     plant = Plant(PlantConfig(inverter=PRESETS["fast"]), load)
-    rig = make_rig(plant, controller_config(regulation="per_phase"))
+    rig = make_rig(plant, default_controller_config(regulation="per_phase"))
     await rig.start()
     await rig.advance(STEP_AT_S + 2.0)
     assert all(abs(w) < 10 for w in plant.grid_w())
@@ -238,7 +224,7 @@ async def test_per_phase_regulation_settles_each_phase(make_rig: Any) -> None:
 
 async def test_trim_removes_a_steady_inverter_offset(make_rig: Any) -> None:
     plant = Plant(PlantConfig(inverter=PRESETS["medium"], offset_w=30.0), constant(500, 500, 500))
-    rig = make_rig(plant, controller_config(trim_gain=0.5, deadband=0))
+    rig = make_rig(plant, default_controller_config(trim_gain=0.5, deadband=0))
     await rig.start()
     await rig.advance(3.0)
     assert sum(plant.grid_w()) > 30  # the offset B − G cannot see
@@ -304,7 +290,7 @@ async def test_shutdown_writes_zero_and_stops_deciding(make_rig: Any) -> None:
 async def test_deadband_skips_small_changes_and_resends_unchanged(make_rig: Any) -> None:
     load = steps((600.0, 600.0, 600.0), (3.0, (610.0, 610.0, 610.0)), (5.0, (700.0, 700.0, 700.0)))
     plant = Plant(PlantConfig(inverter=PRESETS["fast"]), load)
-    rig = make_rig(plant, controller_config(deadband=50, trim_gain=0, resend_interval=1.0))
+    rig = make_rig(plant, default_controller_config(deadband=50, trim_gain=0, resend_interval=1.0))
     await rig.start()
     await rig.advance(2.5)
     held = rig.battery.writes[-1][1]
@@ -333,7 +319,7 @@ async def test_write_failures_are_retried(make_rig: Any) -> None:
 
 async def test_runtime_settings_take_effect_on_the_next_sample(make_rig: Any) -> None:
     plant = Plant(PlantConfig(inverter=PRESETS["fast"]), constant(1000, 1000, 1000))
-    rig = make_rig(plant, controller_config(trim_gain=0))
+    rig = make_rig(plant, default_controller_config(trim_gain=0))
     await rig.start()
     await rig.advance(2.0)
     rig.controller.settings.set_target(300)

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import json
+import logging
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from watti_watchman.services.charge_controller import ChargeController
 from watti_watchman.services.hass import HassDynamicConfig, HassFeeder, controller_specs
 from watti_watchman.sim.janitza_server import JanitzaServer
 from watti_watchman.sim.venus import VenusEmulator
+from watti_watchman.supervisor import cancel_and_wait
 
 SAMPLE = json.loads((Path(__file__).parent / "fixtures" / "janitza_grid_sample.json").read_text())["values"]
 IMPORT_SUM = next(q for q in JANITZA_QUANTITIES if q.key == "energy_import_sum")
@@ -94,9 +96,7 @@ async def running(*components: Any) -> AsyncIterator[None]:
             shutdown = getattr(component, "shutdown", None)
             if shutdown is not None and isinstance(component, (HassFeeder, HassDynamicConfig)):
                 await shutdown()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks, logging.getLogger(__name__))
 
 
 @contextlib.asynccontextmanager
@@ -256,12 +256,16 @@ async def test_discovery_valid_complete_and_stable_across_restart(
 
         expected = 2 * len(JANITZA_QUANTITIES) + len(VICTRON_VALUES) + len(controller_specs()) + 2
         feeder, settings = services()
-        async with running(plant.grid, venus, plant.victron, feeder, settings):
-            await wait_until(lambda: len(recorder.configs(prefix)) == expected, what="all discovery configs")
-            await wait_until(
-                lambda: recorder.on(f"{unique_id}/multi/state") and recorder.on(f"{unique_id}/hak/state"),
-                what="Victron and Janitza states",
-            )
+        async with running(venus):
+            await venus.session.connected.wait()  # the GX is up before WattiWatchman, as on site
+            async with running(plant.grid, plant.victron, feeder, settings):
+                await wait_until(
+                    lambda: len(recorder.configs(prefix)) == expected, what="all discovery configs"
+                )
+                await wait_until(
+                    lambda: recorder.on(f"{unique_id}/multi/state") and recorder.on(f"{unique_id}/hak/state"),
+                    what="Victron and Janitza states",
+                )
         first = recorder.configs(prefix)
         for topic, payload in first.items():
             validate_discovery(topic, payload, sw_version=__version__)

@@ -24,6 +24,7 @@ from watti_watchman.meters.janitza import JanitzaMeter
 from watti_watchman.meters.victron import VictronMeter
 from watti_watchman.metrics import Exposition
 from watti_watchman.services.charge_controller import ChargeController
+from watti_watchman.supervisor import cancel_and_wait
 
 logger = logging.getLogger("watti_watchman.app")
 SHUTDOWN_TIMEOUT_S = 3.0
@@ -203,12 +204,17 @@ class Application:
             if shutdown is None:
                 continue
             try:
-                await asyncio.wait_for(shutdown(), SHUTDOWN_TIMEOUT_S)
+                async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
+                    await shutdown()
             except TimeoutError:
                 logger.warning("%s: shutdown did not finish within %.0f s", service.name, SHUTDOWN_TIMEOUT_S)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run everything until `stop` is set, then shut down in order."""
+        """Run everything until `stop` is set, then shut down in order.
+
+        A component that fails (a programming error: transient errors are handled inside) stops
+        the whole application the same way, after which its exception is raised.
+        """
         self.http = HttpServer(
             build_http_app(self.exposition, list(self.meters.values()), self.status, self.live),
             self.http_host,
@@ -217,18 +223,24 @@ class Application:
         await self.http.start()
         self.http_port = self.http.port
         self.started.set()
+        tasks = [asyncio.create_task(c.run(), name=c.name) for c in self.components]
+        stop_requested = asyncio.create_task(stop.wait(), name="stop requested")
         try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(c.run(), name=c.name) for c in self.components]
-                await stop.wait()
-                logger.info("stopping: handing control back")
-                await self._shutdown_services()
-                for task in tasks:
-                    task.cancel()
+            done, _ = await asyncio.wait([*tasks, stop_requested], return_when=asyncio.FIRST_COMPLETED)
+            failed = [task for task in done if task is not stop_requested and not task.cancelled()]
+            for task in failed:
+                logger.error("%s stopped unexpectedly: %r", task.get_name(), task.exception())
+            logger.info("stopping: handing control back")
+            await self._shutdown_services()
         finally:
+            stop_requested.cancel()
+            await cancel_and_wait(tasks, logger)
             with contextlib.suppress(Exception):
                 await self.http.stop()
         logger.info("stopped")
+        errors = [error for task in failed if isinstance(error := task.exception(), Exception)]
+        if errors:
+            raise ExceptionGroup("components failed", errors)
 
 
 def _age_s(meter: Meter, now_s: float) -> float | None:

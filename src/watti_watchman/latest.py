@@ -77,7 +77,8 @@ class Latest(Generic[T]):
             return newest
         changed = self._changed
         try:
-            await asyncio.wait_for(changed.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await changed.wait()
         except TimeoutError:
             return None
         return self.snapshot()

@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from watti_watchman.clock import Clock
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.failures import FailureLog
-from watti_watchman.supervisor import Backoff, supervise
+from watti_watchman.supervisor import Backoff, reraise_swallowed_cancel, supervise
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,6 @@ def _classify(error: BaseException) -> str | None:
     if isinstance(error, (OSError, TimeoutError)):
         return "connect_failed"
     return None
-
-
-def _reraise_swallowed_cancel() -> None:
-    """Re-raise a cancellation that Python 3.11's `wait_for` (inside aiomqtt) may have swallowed."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 class MqttSession:
@@ -119,7 +112,7 @@ class MqttSession:
                 self.connected.set()
                 if self._on_connect is not None:
                     await self._on_connect(self)
-                    _reraise_swallowed_cancel()
+                    reraise_swallowed_cancel()
                 async for message in client.messages:
                     self.messages_total += 1
                     if self._on_message is not None:
@@ -158,7 +151,8 @@ class MqttSession:
     async def close_gracefully(self, topic: str, payload: bytes | str, *, retain: bool = False) -> None:
         """Best-effort final publish (e.g. `connected: 0`) before shutdown; never raises."""
         try:
-            await asyncio.wait_for(self.publish(topic, payload, retain=retain), 1.0)
+            async with asyncio.timeout(1.0):
+                await self.publish(topic, payload, retain=retain)
         except (NotConnectedError, TimeoutError):
             self.logger.debug("final publish to %s skipped: not connected", topic)
 

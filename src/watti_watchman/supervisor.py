@@ -1,8 +1,10 @@
 """Reconnect supervision: connect → run → on a transient error back off and start afresh."""
 
 import asyncio
+import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from watti_watchman.failures import FailureLog
 
@@ -28,7 +30,11 @@ class Backoff:
         self._attempt = 0
 
 
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError)
+def reraise_swallowed_cancel() -> None:
+    """Re-raise a cancellation that Python 3.11's `wait_for` (inside aiomqtt, pymodbus) swallowed."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def supervise(
@@ -61,3 +67,26 @@ async def supervise(
             reason, detail = reason_or_none, f"{type(error).__name__}: {error}"
         failures.failure(reason, detail)
         await asyncio.sleep(backoff.next_delay_s())
+
+
+async def cancel_and_wait(
+    tasks: Iterable[asyncio.Task[Any]], logger: logging.Logger, *, attempts: int = 10, wait_s: float = 1.0
+) -> None:
+    """Cancel `tasks` and wait until they end, cancelling again while any is still running.
+
+    Python 3.11's `asyncio.wait_for` (used inside aiomqtt) can swallow a cancellation that races
+    with a completing operation; one more cancel ends such a task instead of hanging shutdown.
+    """
+    pending = {task for task in tasks if not task.done()}
+    for _ in range(attempts):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=wait_s)
+        if pending:
+            logger.warning(
+                "still stopping %s; cancelling again", ", ".join(sorted(t.get_name() for t in pending))
+            )
+    if pending:
+        logger.error("gave up waiting for %s", ", ".join(sorted(t.get_name() for t in pending)))

@@ -34,7 +34,7 @@ from watti_watchman.domain.janitza import (
 from watti_watchman.domain.readings import PowerSample
 from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Latest
-from watti_watchman.supervisor import Backoff, supervise
+from watti_watchman.supervisor import Backoff, reraise_swallowed_cancel, supervise
 
 PollMode = Literal["searching", "phase_locked", "fixed"]
 POLL_MODES: tuple[PollMode, ...] = ("searching", "phase_locked", "fixed")
@@ -318,7 +318,8 @@ class _ModbusLink:
             request = self._client.read_holding_registers(
                 config.start_address, count=JANITZA_REGISTER_COUNT, device_id=config.unit
             )
-            response = await asyncio.wait_for(request, config.timeout)
+            async with asyncio.timeout(config.timeout):
+                response = await request
         except TimeoutError:
             hint = (
                 " (transparent RS485 bridges need framing: rtu_over_tcp)" if config.framing == "tcp" else ""
@@ -432,6 +433,7 @@ class JanitzaMeter:
                 if delay_s > 0:
                     await asyncio.sleep(delay_s)
                 await self._poll(link)
+                reraise_swallowed_cancel()  # pymodbus awaits replies with wait_for
         finally:
             self.connected = False
             link.close()

@@ -25,6 +25,7 @@ from watti_watchman.domain.victron import (
 from watti_watchman.failures import FailureLog, OnceLog
 from watti_watchman.latest import Latest
 from watti_watchman.mqtt import MqttSession, NotConnectedError
+from watti_watchman.supervisor import reraise_swallowed_cancel
 
 SUPPRESS_REPUBLISH = json.dumps({"keepalive-options": ["suppress-republish"]}).encode()
 STATE_PASSTHRU = 8
@@ -160,13 +161,12 @@ class VictronMeter:
         self._wake.set()
 
     async def _maintain(self) -> None:
-        task = asyncio.current_task()
         while True:
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError  # Python 3.11's wait_for (also inside aiomqtt) can swallow it
+            reraise_swallowed_cancel()
             tick_s = min(0.25, self.keepalive_interval_s / 4, self.config.max_age / 4)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), tick_s)
+                async with asyncio.timeout(tick_s):
+                    await self._wake.wait()
             self._wake.clear()
             now = self._clock()
             self._pick_portal(now)

@@ -290,7 +290,11 @@ class ChargeController:
 
     def _write_failed(self, reason: str, detail: object, now_s: float) -> None:
         self.write_failures[reason] += 1
-        self._failures.failure(f"{self.name}: setpoint write failed ({reason})", detail)
+        if self.writes_total == 0 and reason == "not_ready":
+            # At start-up the GX's portal id and inverter instance take a moment to discover.
+            logger.debug("%s: waiting for the battery controller before the first write", self.name)
+        else:
+            self._failures.failure(f"{self.name}: setpoint write failed ({reason})", detail)
         self._write_due_s = now_s + min(RETRY_S, self.config.resend_interval)
 
     def collect_metrics(self) -> Iterable[Metric]:

@@ -248,7 +248,8 @@ class _HassSession:
     async def _wait(self, timeout_s: float | None) -> None:
         """Sleep until woken (resync, dirty state) or `timeout_s` passes."""
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._wake.wait()
         except TimeoutError:
             return
         self._wake.clear()
@@ -606,7 +607,8 @@ class HassDynamicConfig(_HassSession):
                 continue
             if not self.restored.is_set():
                 try:
-                    await asyncio.wait_for(self.restored.wait(), RESTORE_TIMEOUT_S)
+                    async with asyncio.timeout(RESTORE_TIMEOUT_S):
+                        await self.restored.wait()
                 except TimeoutError:
                     logger.warning("%s: no retained settings confirmed; keeping the defaults", self.name)
                     self.restored.set()

@@ -33,7 +33,7 @@ from watti_watchman.failures import FailureLog, OnceLog
 from watti_watchman.latest import Stamped
 from watti_watchman.meters.janitza import JanitzaMeter
 from watti_watchman.mqtt import LastWill, MqttSession, NotConnectedError
-from watti_watchman.supervisor import Backoff
+from watti_watchman.supervisor import Backoff, reraise_swallowed_cancel
 
 RegistrationState = Literal["unregistered", "registering", "registered", "fixed"]
 REGISTRATION_STATES: tuple[RegistrationState, ...] = ("unregistered", "registering", "registered", "fixed")
@@ -68,13 +68,6 @@ SLOW_QUANTITIES: tuple[JanitzaQuantity, ...] = tuple(
 """Voltages, currents, frequency and the import (Forward) / export (Reverse) energies."""
 ALL_QUANTITIES: tuple[JanitzaQuantity, ...] = (*POWER_QUANTITIES, *SLOW_QUANTITIES)
 """Every value the grid service takes (19 paths)."""
-
-
-def _reraise_swallowed_cancel() -> None:
-    """Re-raise a cancellation that Python 3.11's `wait_for` (also inside aiomqtt) may have swallowed."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def venus_value(quantity: JanitzaQuantity, value: float) -> float:
@@ -281,7 +274,8 @@ class VictronGridProvider:
     async def _sleep(self, timeout_s: float | None) -> bool:
         """Wait for a wake-up (request, reply, shutdown) or `timeout_s`; True when woken."""
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._wake.wait()
         except TimeoutError:
             return False
         finally:
@@ -292,7 +286,7 @@ class VictronGridProvider:
         loop = asyncio.get_running_loop()
         refresh_at_s = 0.0
         while not self._stopping:
-            _reraise_swallowed_cancel()
+            reraise_swallowed_cancel()
             if self._reason is None:
                 idle_s = max(0.0, refresh_at_s - loop.time()) if self.state == "registered" else None
                 if not await self._sleep(idle_s) and self.state == "registered":
@@ -348,7 +342,7 @@ class VictronGridProvider:
     async def _keepalive_loop(self) -> None:
         while True:
             await asyncio.sleep(self.keepalive_interval_s)
-            _reraise_swallowed_cancel()
+            reraise_swallowed_cancel()
             if self.state == "registered" and not self._stopping:
                 try:
                     await self._keepalive()
@@ -484,7 +478,7 @@ class VictronGridFeeder:
             seen = latest.seq
             wait_s = await self._step()
             await latest.wait_newer(seen, wait_s)
-            _reraise_swallowed_cancel()
+            reraise_swallowed_cancel()
 
     async def _step(self) -> float:
         """Write what is due now; the longest time (s) to sleep unless a new reading arrives."""

@@ -18,6 +18,7 @@ from watti_watchman.sim.plant import PRESETS, Plant, PlantConfig, Profile
 from watti_watchman.sim.scenario import load_scenario
 from watti_watchman.sim.venus import VenusEmulator
 from watti_watchman.sim.world import RealTimePlant
+from watti_watchman.supervisor import cancel_and_wait
 
 logger = logging.getLogger("watti_watchman.demo")
 HOST = "127.0.0.1"
@@ -91,14 +92,13 @@ async def simulated_site(
     world = RealTimePlant(plant, grid_server, battery_server, venus)
     site = SimulatedSite(mqtt_port, grid_server, battery_server, venus, world)
     tasks = [asyncio.create_task(venus.run(), name="venus")]
+    await venus.session.connected.wait()  # a real GX is up before the service starts
     if run_plant:
         tasks.append(asyncio.create_task(world.run(), name="plant"))
     try:
         yield site
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks, logger)
         await grid_server.stop()
         await battery_server.stop()
 
@@ -131,7 +131,8 @@ async def run_demo(duration_s: float | None, port: int, scenario: str) -> int:
         print("  Ctrl-C to stop" if duration_s is None else f"  stopping after {duration_s:g} s", flush=True)
         if duration_s is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), duration_s)
+                async with asyncio.timeout(duration_s):
+                    await stop.wait()
             stop.set()
         await app_task
     return 0

@@ -19,6 +19,7 @@ from watti_watchman.clock import Clock, monotonic
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.domain.readings import PHASES, Phase
 from watti_watchman.mqtt import MqttSession, NotConnectedError
+from watti_watchman.supervisor import reraise_swallowed_cancel
 
 Scalar = float | int | str | None
 
@@ -279,9 +280,7 @@ class VenusEmulator:
                     await self.session.publish(topic, payload, retain=retain)
                 except NotConnectedError:
                     self.logger.debug("dropped %s while disconnected", topic)
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError  # Python 3.11's wait_for (inside aiomqtt) can swallow it
+            reraise_swallowed_cancel()
 
     async def _ticker(self) -> None:
         while True:

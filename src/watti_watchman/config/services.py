@@ -45,7 +45,9 @@ class ChargeControllerConfig(ConfigModel):
     max_charge_power: float = Field(default=10000, ge=0, description="Inverter maximum charge (W).")
     max_discharge_power: float = Field(default=10000, ge=0, description="Inverter maximum discharge (W).")
     deadband: float = Field(
-        default=10, ge=0, description="Command changes smaller than this are skipped (W)."
+        default=10,
+        ge=0,
+        description="Command changes toward export smaller than this are skipped (W); toward import never.",
     )
     resend_interval: float = Field(
         default=1.0, gt=0, le=2, description="Re-send period for unchanged setpoints (s)."

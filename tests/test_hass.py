@@ -409,6 +409,7 @@ async def test_persistent_settings_restored_after_restart(
         await wait_until(
             lambda: first.controller.settings.current.mode == "discharge", what="commands applied"
         )
+    # Stopped right after the command: the shutdown still persists the setting.
     second = make_plant(mqtt_connection, clock, unique_id)
     assert second.controller.settings.current.target_w == 0.0  # the configured default
     restarted = fast(

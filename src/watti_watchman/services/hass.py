@@ -586,6 +586,15 @@ class HassDynamicConfig(_HassSession):
                 sw_version=__version__,
             )
 
+    async def shutdown(self) -> None:
+        """Echo (and so persist) a setting changed just before, then go `offline`."""
+        if self._dirty and self.restored.is_set() and self.session.is_connected:
+            try:
+                await self._send_states()
+            except NotConnectedError:
+                self.publish_failures_total += 1
+        await super().shutdown()
+
     async def _send_states(self) -> None:
         """Echo the settings in force on each state topic (retained when persistent)."""
         self._dirty = False

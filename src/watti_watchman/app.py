@@ -137,6 +137,11 @@ class Application:
         dry = GaugeMetricFamily("watti_dry_run", "1 when setpoints are computed but not written")
         dry.add_metric([], 1.0 if self.dry_run else 0.0)
         yield dry
+        render = GaugeMetricFamily(
+            "watti_metrics_render_seconds", "Time the previous /metrics render took (s)"
+        )
+        render.add_metric([], self.exposition.last_render_s)
+        yield render
 
     def status(self) -> Mapping[str, Any]:
         """A JSON-able snapshot of every component, for /api/status and the status page."""

@@ -19,11 +19,6 @@ class FailureLog:
         self._outage_started_s: float | None = None
         self._failures_in_outage = 0
 
-    @property
-    def in_outage(self) -> bool:
-        """True between the first failure and the next success."""
-        return self._outage_started_s is not None
-
     def failure(self, reason: str, detail: object = "") -> None:
         """Record one failure with a short machine-readable `reason` and a human `detail`."""
         self.by_reason[reason] += 1

@@ -29,7 +29,6 @@ class MergingCollector:
 
     def __init__(self) -> None:
         self._sources: list[Callable[[], Iterable[Metric]]] = []
-        self.last_render_s = 0.0
 
     def add(self, source: MetricSource | Callable[[], Iterable[Metric]]) -> None:
         """Register a source (an object with `collect_metrics` or a plain callable)."""
@@ -56,7 +55,8 @@ class Exposition:
         self.collector = MergingCollector()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
-        self.render_seconds: list[float] = []
+        self.last_render_s = 0.0
+        """How long the previous render took (s); exported by the next one."""
 
     def add(self, source: MetricSource | Callable[[], Iterable[Metric]]) -> None:
         """Register a metric source."""
@@ -66,6 +66,5 @@ class Exposition:
         """Text exposition format 0.0.4 of the current snapshots."""
         started = time.perf_counter()
         body: bytes = generate_latest(self.registry)
-        self.render_seconds.append(time.perf_counter() - started)
-        del self.render_seconds[:-1000]
+        self.last_render_s = time.perf_counter() - started
         return body

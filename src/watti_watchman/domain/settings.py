@@ -39,7 +39,6 @@ class SettingsHolder:
     def __init__(self, initial: RuntimeSettings, target_range: TargetRange | None = None) -> None:
         self.current = initial
         self.target_range = target_range or TargetRange()
-        self.changes_total = 0
 
     def set_target(self, value: object) -> RuntimeSettings:
         """Validate and apply a new target (W); raises SettingRejectedError."""
@@ -51,7 +50,6 @@ class SettingsHolder:
         if not math.isfinite(target) or not bounds.min_w <= target <= bounds.max_w:
             raise SettingRejectedError(f"target {value!r} outside {bounds.min_w:g}..{bounds.max_w:g} W")
         self.current = replace(self.current, target_w=target)
-        self.changes_total += 1
         return self.current
 
     def set_mode(self, value: object) -> RuntimeSettings:
@@ -59,5 +57,4 @@ class SettingsHolder:
         if value not in MODES:
             raise SettingRejectedError(f"mode {value!r} not one of {', '.join(MODES)}")
         self.current = replace(self.current, mode=value)
-        self.changes_total += 1
         return self.current

@@ -5,7 +5,7 @@ import random
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -177,9 +177,6 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
         initial_soc_percent=float(data.get("initial_soc_percent", 50.0)),
         loop=bool(data.get("loop", False)),
     )
-
-
-ScenarioSource = Literal["bundled", "file"]
 
 
 def bundled_scenarios() -> list[str]:

@@ -97,14 +97,12 @@ class RealTimePlant:
         self._clock = clock
         self._applied: dict[Phase, int] = {}
         self.last_windows: dict[str, MeterWindow] = {}
-        self.windows_published = 0
 
     def _publish_window(self, window: MeterWindow) -> None:
         energy = self._energy[window.meter]
         energy.add(window.sample, self.plant.config.window_s)
         self._servers[window.meter].set_values(janitza_values(window.sample, energy))
         self.last_windows[window.meter] = window
-        self.windows_published += 1
 
     def _sync_setpoints(self) -> None:
         setpoints = self.venus.setpoints()

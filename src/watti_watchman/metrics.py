@@ -12,6 +12,31 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 PHASES = ("l1", "l2", "l3")
 
 
+class Histogram:
+    """Cumulative-bucket histogram of seconds, rendered through a HistogramMetricFamily."""
+
+    def __init__(self, bounds_s: tuple[float, ...]) -> None:
+        self.bounds_s = bounds_s
+        self.counts = [0] * len(bounds_s)
+        self.count = 0
+        self.sum_s = 0.0
+
+    def observe(self, value_s: float) -> None:
+        """Count one observation (s)."""
+        self.count += 1
+        self.sum_s += value_s
+        for index, bound in enumerate(self.bounds_s):
+            if value_s <= bound:
+                self.counts[index] += 1
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative (upper bound, count) pairs ending with +Inf."""
+        return [
+            *((f"{b:g}", float(c)) for b, c in zip(self.bounds_s, self.counts, strict=True)),
+            ("+Inf", float(self.count)),
+        ]
+
+
 class MetricSource(Protocol):
     """Anything that can describe its current state as metric families (no I/O, no waiting)."""
 

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import math
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -34,6 +34,7 @@ from watti_watchman.domain.janitza import (
 from watti_watchman.domain.readings import PowerSample
 from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Latest
+from watti_watchman.metrics import Histogram
 from watti_watchman.supervisor import Backoff, reraise_swallowed_cancel, supervise
 
 PollMode = Literal["searching", "phase_locked", "fixed"]
@@ -397,9 +398,7 @@ class JanitzaMeter:
         self.read_seconds = 0.0
         self.decode_seconds = 0.0
         self.sample_ages_s: deque[float] = deque(maxlen=1000)
-        self._age_buckets: Counter[float] = Counter()
-        self._age_count = 0
-        self._age_sum_s = 0.0
+        self._sample_age = Histogram(SAMPLE_AGE_BUCKETS_S)
 
     @property
     def errors_by_reason(self) -> Mapping[str, int]:
@@ -488,11 +487,7 @@ class JanitzaMeter:
         if changed_at_s is not None:
             age_s = max(0.0, arrived_s - changed_at_s)
             self.sample_ages_s.append(age_s)
-            self._age_count += 1
-            self._age_sum_s += age_s
-            for bound in SAMPLE_AGE_BUCKETS_S:
-                if age_s <= bound:
-                    self._age_buckets[bound] += 1
+            self._sample_age.observe(age_s)
 
     def collect_metrics(self) -> Iterable[Metric]:
         """Connection state, counters, sample age and — only while fresh — the 39 values."""
@@ -511,8 +506,7 @@ class JanitzaMeter:
             "Time from the estimated refresh of the meter's values to the arrival of the reply (s)",
             labels=["name"],
         )
-        cumulative = [(f"{bound:g}", float(self._age_buckets[bound])) for bound in SAMPLE_AGE_BUCKETS_S]
-        age.add_metric(labels, [*cumulative, ("+Inf", float(self._age_count))], self._age_sum_s)
+        age.add_metric(labels, self._sample_age.buckets(), self._sample_age.sum_s)
         yield age
         mode = GaugeMetricFamily(
             "watti_janitza_poll_mode", "1 for the current polling mode", labels=["name", "mode"]

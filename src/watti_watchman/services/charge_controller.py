@@ -30,6 +30,7 @@ from watti_watchman.domain.settings import MODES, Mode, RuntimeSettings, Setting
 from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Stamped
 from watti_watchman.meters.base import BatteryController, PowerMeter
+from watti_watchman.metrics import Histogram
 
 logger = logging.getLogger("watti_watchman.charge_controller")
 
@@ -72,29 +73,6 @@ class ControllerDecision:
     output: LawOutput
 
 
-class _Histogram:
-    """Cumulative-bucket histogram of seconds for a HistogramMetricFamily."""
-
-    def __init__(self, bounds_s: tuple[float, ...]) -> None:
-        self.bounds_s = bounds_s
-        self.counts = [0] * len(bounds_s)
-        self.count = 0
-        self.sum_s = 0.0
-
-    def observe(self, value_s: float) -> None:
-        self.count += 1
-        self.sum_s += value_s
-        for index, bound in enumerate(self.bounds_s):
-            if value_s <= bound:
-                self.counts[index] += 1
-
-    def buckets(self) -> list[tuple[str, float]]:
-        return [
-            *((f"{b:g}", float(c)) for b, c in zip(self.bounds_s, self.counts, strict=True)),
-            ("+Inf", float(self.count)),
-        ]
-
-
 class ChargeController:
     """Zero feed-in control loop: keeps grid power at the target by writing battery setpoints."""
 
@@ -131,7 +109,7 @@ class ChargeController:
         """(write time s, battery power the write drives to: setpoint − trim), oldest first."""
         self._stopping = False
         self._write_lock = asyncio.Lock()
-        self._latency = _Histogram(LATENCY_BUCKETS_S)
+        self._latency = Histogram(LATENCY_BUCKETS_S)
         self._failures = FailureLog(logger, clock)
 
     @property

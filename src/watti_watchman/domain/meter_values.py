@@ -147,6 +147,15 @@ class MeterReading:
         return PowerSample(v["power_l1"], v["power_l2"], v["power_l3"], v["power_total"])
 
 
+def check_value(key: str, value: float) -> None:
+    """ValueError("non_finite" | "implausible") when `value` cannot be a reading of `key`."""
+    if not math.isfinite(value):
+        raise ValueError("non_finite")
+    low, high = QUANTITY_BY_KEY[key].valid_range
+    if not low <= value <= high:
+        raise ValueError("implausible")
+
+
 def reading_from_values(raw: Mapping[str, float], *, invert: bool) -> MeterReading:
     """Complete, check and orient raw values; ValueError(reason) when they must not be used.
 
@@ -156,11 +165,7 @@ def reading_from_values(raw: Mapping[str, float], *, invert: bool) -> MeterReadi
     """
     values = dict(raw)
     for key, value in values.items():
-        if not math.isfinite(value):
-            raise ValueError("non_finite")
-        low, high = QUANTITY_BY_KEY[key].valid_range
-        if not low <= value <= high:
-            raise ValueError("implausible")
+        check_value(key, value)
     phases_known = any(key in values for key in PHASE_POWER_KEYS)
     if phases_known:
         for key in PHASE_POWER_KEYS:

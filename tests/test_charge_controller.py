@@ -18,7 +18,7 @@ from prometheus_client.core import Metric
 
 from watti_watchman.clock import ManualClock
 from watti_watchman.config.services import ChargeControllerConfig
-from watti_watchman.domain.control import Reason
+from watti_watchman.domain.law import Reason
 from watti_watchman.domain.readings import BatteryStatus, PhaseSetpoints, PowerSample
 from watti_watchman.latest import Latest
 from watti_watchman.services.charge_controller import ChargeController

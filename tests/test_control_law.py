@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from watti_watchman.domain.control import (
+from watti_watchman.domain.law import (
     LawInputs,
     LawOutput,
     LawParameters,
@@ -15,18 +15,20 @@ from watti_watchman.domain.control import (
     Reason,
     decide,
     initial_state,
-    pair,
 )
 from watti_watchman.domain.limits import LimitConfig, LimitSource, SocTable, power_limits, valid_soc
+from watti_watchman.domain.pairing import pair
 from watti_watchman.domain.readings import PHASES, BatteryStatus, PowerSample
 from watti_watchman.domain.reference_law import reference_setpoints
 from watti_watchman.domain.settings import Mode
+from watti_watchman.domain.tuning import TUNING
 
 CHARGE = SocTable.from_mapping({"0": 9000, "90": 2000, "97": 1000, "99": 500})
 DISCHARGE = SocTable.from_mapping({"100": 6000, "10": 1000, "5": 0})
 BIG = 1_000_000.0
 PARAMS = LawParameters(limits=LimitConfig(CHARGE, DISCHARGE, BIG, BIG))
 STATE = initial_state(PHASES)
+QUICK = replace(TUNING, transient_hold_s=0.4)
 
 
 def even(total_w: float) -> PowerSample:
@@ -199,7 +201,7 @@ def test_deadband_holds_small_changes_but_never_beyond_limits() -> None:
 
 
 def test_trim_integrates_offset_when_quiet_and_freezes_otherwise() -> None:
-    params = replace(PARAMS, trim_gain_per_s=0.5, trim_limit_w=300, transient_hold_s=0.4)
+    params = replace(PARAMS, trim_gain_per_s=0.5, trim_limit_w=300, tuning=QUICK)
     state = STATE
     for _ in range(20):  # steady 60 W import the law does not see through B − G
         output = run(60, -1000, 50, params=params, state=state)
@@ -359,7 +361,7 @@ def test_deadband_applies_only_to_changes_toward_export() -> None:
 
 
 def test_trim_ignores_the_small_import_the_deadband_holds() -> None:
-    params = replace(PARAMS, deadband_w=10, trim_gain_per_s=0.5, trim_limit_w=300, transient_hold_s=0.4)
+    params = replace(PARAMS, deadband_w=10, trim_gain_per_s=0.5, trim_limit_w=300, tuning=QUICK)
     state = STATE
     for _ in range(20):
         state = run(5, -1000, 50, params=params, state=state).state

@@ -12,19 +12,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from watti_watchman.clock import Clock, monotonic
 from watti_watchman.config.services import ChargeControllerConfig
-from watti_watchman.domain.control import (
-    RESPONSE_S,
-    Alignment,
-    LawInputs,
-    LawOutput,
-    LawParameters,
-    Pairing,
-    Reason,
-    decide,
-    initial_state,
-    pair,
-)
+from watti_watchman.domain.law import LawInputs, LawOutput, LawParameters, Reason, decide, initial_state
 from watti_watchman.domain.limits import LimitConfig, LimitSource, SocTable
+from watti_watchman.domain.pairing import Alignment, Pairing, pair
 from watti_watchman.domain.readings import PHASES, BatteryStatus, PhaseSetpoints, PowerSample
 from watti_watchman.domain.settings import MODES, Mode, RuntimeSettings, SettingsHolder
 from watti_watchman.failures import FailureLog
@@ -177,6 +167,7 @@ class ChargeController:
                 battery_history,
                 now_s,
                 max_age_s,
+                self.parameters.tuning,
                 commands=None if self.dry_run else list(self._commands),
                 load=self._state.load,
             )
@@ -262,7 +253,7 @@ class ChargeController:
         trim = self._state.trim_w
         l1, l2, l3 = (setpoints.get(phase, 0) - trim.get(phase, 0.0) for phase in PHASES)
         self._commands.append((now_s, PowerSample(l1, l2, l3, l1 + l2 + l3)))
-        horizon_s = self.config.max_age + RESPONSE_S
+        horizon_s = self.config.max_age + self.parameters.tuning.response_s
         while len(self._commands) > 1 and now_s - self._commands[1][0] > horizon_s:
             self._commands.popleft()
 

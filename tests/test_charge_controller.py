@@ -82,25 +82,42 @@ class Rig:
         self.controller = ChargeController(
             config, self.grid, self.battery_meter, self.battery, clock=clock, dry_run=dry_run
         )
+        self.shadow_grid_power: ManualLatest[PowerSample] = ManualLatest(clock)
+        self.shadow = ChargeController(
+            config,
+            SimulatedMeter("hak", self.shadow_grid_power),
+            self.battery_meter,
+            self.battery,
+            clock=clock,
+            dry_run=True,
+        )
+        """A dry run on the same samples, started with `start(shadow=True)`."""
         self.grid_running = True
         self.battery_running = True
         self.grid_windows: list[tuple[float, float]] = []
-        self.task: asyncio.Task[None] | None = None
+        self.tasks: list[tuple[ManualLatest[PowerSample], asyncio.Task[None]]] = []
 
-    async def start(self) -> None:
+    async def start(self, *, shadow: bool = False) -> None:
         self.battery.battery.publish(self.plant.battery_status())
-        self.task = asyncio.create_task(self.controller.run())
+        self.tasks.append((self.grid_power, asyncio.create_task(self.controller.run())))
+        if shadow:
+            self.tasks.append((self.shadow_grid_power, asyncio.create_task(self.shadow.run())))
         await self.settle()
 
+    @property
+    def task(self) -> asyncio.Task[None]:
+        """The live controller's task."""
+        return self.tasks[0][1]
+
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+        for _, task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*(task for _, task in self.tasks), return_exceptions=True)
 
     async def settle(self) -> None:
-        """Yield until the controller waits for the next grid sample (or has returned)."""
+        """Yield until every controller waits for the next grid sample (or has returned)."""
         for _ in range(10_000):
-            if self.grid_power.parked or (self.task is not None and self.task.done()):
+            if all(holder.parked or task.done() for holder, task in self.tasks):
                 return
             await asyncio.sleep(0)
         raise AssertionError("controller did not come back to waiting")
@@ -117,10 +134,12 @@ class Rig:
                     self.grid_windows.append((window.end_s, window.sample.total_w))
                     if self.grid_running:
                         self.grid_power.publish(window.sample, at_s)
+                        self.shadow_grid_power.publish(window.sample, at_s)
                 elif self.battery_running:
                     self.battery_meter.power.publish(window.sample, at_s)
                     self.battery.battery.publish(self.plant.battery_status(), at_s)
             self.grid_power.fire_due()
+            self.shadow_grid_power.fire_due()
             await self.settle()
 
     def grid_between(self, start_s: float, end_s: float) -> list[float]:
@@ -342,6 +361,24 @@ async def test_dry_run_computes_and_exports_but_writes_nothing(make_rig: Any) ->
     assert applied is not None and sum(applied.values()) == pytest.approx(-3000, abs=20)
     await rig.controller.shutdown()
     assert rig.battery.writes == []
+
+
+async def test_dry_run_decides_as_the_live_loop_on_the_same_samples(make_rig: Any) -> None:
+    # A kettle-like step and back on the slow plant: the live loop's pairing leans on its command
+    # history right after its own steps; a dry run must use the history it would have written.
+    load = steps((500.0,) * 3, (2.0, (1200.0, 500.0, 500.0)), (4.0, (500.0,) * 3))
+    rig = make_rig(Plant(PlantConfig(inverter=PRESETS["slow"]), load))
+    await rig.start(shadow=True)
+    alignments = set()
+    while rig.plant.time_s < 6.0:
+        await rig.advance(0.05)
+        live, dry = rig.controller.last_decision, rig.shadow.last_decision
+        assert live is not None and dry is not None
+        assert (dry.at_s, dry.alignment, dry.output) == (live.at_s, live.alignment, live.output)
+        alignments.add(live.alignment)
+    assert rig.shadow.decisions_total == rig.controller.decisions_total >= 25
+    assert rig.shadow.applied_setpoints == rig.controller.applied_setpoints
+    assert "held" in alignments  # the command history was needed
 
 
 async def test_metrics_and_status(make_rig: Any) -> None:

@@ -222,25 +222,6 @@ def test_trim_integrates_offset_when_quiet_and_freezes_otherwise() -> None:
     assert sum(state.trim_w.values()) == pytest.approx(-300)
 
 
-def test_pairing_aligns_grid_and_battery_in_time() -> None:
-    grid = [(9.6, even(1000)), (9.8, even(2000))]
-    bracketing = [(9.5, even(0)), (9.7, even(300)), (9.9, even(600))]
-    interpolated = pair(grid, bracketing, now_s=9.9, max_age_s=1.0)
-    assert interpolated is not None and interpolated.alignment == "battery_interpolated"
-    assert interpolated.battery.total_w == pytest.approx(450)
-    moving = [(9.5, even(0)), (9.7, even(-600))]
-    aligned = pair(grid, moving, now_s=9.8, max_age_s=1.0)
-    assert aligned is not None and aligned.alignment == "grid_interpolated"
-    assert aligned.grid.total_w == pytest.approx(1500)
-    assert aligned.skew_s == pytest.approx(0.1)
-    steady = [(9.5, even(-600)), (9.7, even(-610))]
-    nearest = pair(grid, steady, now_s=9.8, max_age_s=1.0)
-    assert nearest is not None and nearest.alignment == "nearest"
-    assert (nearest.grid.total_w, nearest.battery.total_w) == (2000, -610)
-    assert pair(grid, moving, now_s=10.75, max_age_s=1.0) is None
-    assert pair([], moving, now_s=9.8, max_age_s=1.0) is None
-
-
 finite = st.floats(min_value=-50_000, max_value=50_000, allow_nan=False)
 anything = st.one_of(finite, st.sampled_from([math.nan, math.inf, -math.inf, 1e300, -1e300]))
 maybe = st.one_of(st.none(), anything)
@@ -322,35 +303,153 @@ def test_setpoints_always_within_limits(
     assert all(math.isfinite(v) for v in output.state.trim_w.values())
 
 
-def test_pairing_after_our_own_step_holds_the_load_the_battery_can_explain() -> None:
-    # Kettle off: −650 W commanded at 9.8 s after −2650 W; the battery window ending at 9.89 s
-    # barely shows the response, the grid window ending at 10.0 s shows a third of it.
-    grid = [(9.8, even(-2000)), (10.0, even(-1340))]
-    battery = [(9.69, even(-2650)), (9.89, even(-2610))]
-    commands = [(9.0, even(-2650)), (9.8, even(-650))]
-    held = pair(grid, battery, 10.0, 1.0, commands=commands, load=even(650))
-    assert held is not None and held.alignment == "held"
-    assert held.grid.total_w - held.battery.total_w == pytest.approx(650)  # the command stands
-    # Without the command history ("steady" battery): the stale battery, a load ~600 W off.
-    stale = pair(grid, battery, 10.0, 1.0)
-    assert stale is not None and stale.grid.total_w - stale.battery.total_w == pytest.approx(1270)
-    # A grid the battery's movement cannot explain: the load changed, the estimate follows it.
-    moved = pair(
-        [(9.8, even(-2000)), (10.0, even(500))], battery, 10.0, 1.0, commands=commands, load=even(650)
-    )
-    assert moved is not None and moved.alignment == "extrapolated"
-    assert -2650 <= moved.battery.total_w <= -1510  # within what the battery can have done
+Series = list[tuple[float, PowerSample]]
+KETTLE_OFF_GRID: Series = [(9.8, even(-2000)), (10.0, even(-1340))]
+KETTLE_OFF_BATTERY: Series = [(9.69, even(-2650)), (9.89, even(-2610))]
+KETTLE_OFF_COMMANDS: Series = [(9.0, even(-2650)), (9.8, even(-650))]
+RAMP_BATTERY: Series = [(9.49, even(-400)), (9.69, even(-600)), (9.89, even(-800))]
+FLAT_GRID: Series = [(9.8, even(0)), (10.0, even(0))]
 
 
-def test_pairing_extrapolates_a_ramp_but_never_beyond_the_command() -> None:
-    grid = [(9.8, even(0)), (10.0, even(0))]
-    battery = [(9.49, even(-400)), (9.69, even(-600)), (9.89, even(-800))]
-    commands = [(9.4, even(-700)), (9.6, even(-850)), (9.8, even(-1000))]  # no step of our own
-    ramp = pair(grid, battery, 10.0, 1.0, commands=commands, load=even(900))
-    assert ramp is not None and ramp.alignment == "extrapolated"
-    assert ramp.battery.total_w == pytest.approx(-910)  # 0.55 periods further at the same rate
-    capped = pair(grid, battery, 10.0, 1.0, commands=[(9.8, even(-850))], load=even(900))
-    assert capped is not None and capped.battery.total_w == pytest.approx(-850)
+@pytest.mark.parametrize(
+    ("grid", "battery", "commands", "load", "now_s", "alignment", "low_w", "high_w"),
+    [
+        pytest.param(  # battery samples on both sides of the grid time: interpolated
+            [(9.8, even(2000))],
+            [(9.5, even(0)), (9.7, even(300)), (9.9, even(600))],
+            [],
+            None,
+            9.9,
+            "battery_interpolated",
+            450,
+            450,
+            id="bracketing",
+        ),
+        pytest.param(  # every battery sample newer than the grid's: the nearest one
+            [(9.6, even(1000))],
+            [(9.7, even(-100)), (9.9, even(-200))],
+            [],
+            None,
+            9.9,
+            "nearest",
+            -100,
+            -100,
+            id="battery_newer",
+        ),
+        pytest.param(  # steady battery, nothing written yet: its newest sample holds
+            [(9.8, even(2000))],
+            [(9.5, even(-600)), (9.7, even(-610))],
+            [],
+            None,
+            9.8,
+            "extrapolated",
+            -610,
+            -610,
+            id="steady",
+        ),
+        pytest.param(  # moving at a constant rate, nothing written: half a period further
+            [(9.8, even(2000))],
+            [(9.5, even(0)), (9.7, even(-600))],
+            [],
+            None,
+            9.8,
+            "extrapolated",
+            -900,
+            -900,
+            id="constant_rate",
+        ),
+        pytest.param(  # decelerating (lag): the step shrinks by the ratio of the last two moves
+            [(9.8, even(2000))],
+            [(9.3, even(0)), (9.5, even(-600)), (9.7, even(-900))],
+            [],
+            None,
+            9.8,
+            "extrapolated",
+            -975,
+            -975,
+            id="decelerating",
+        ),
+        pytest.param(  # a slewed ramp our commands allow: 0.55 periods further at the same rate
+            FLAT_GRID,
+            RAMP_BATTERY,
+            [(9.4, even(-700)), (9.6, even(-850)), (9.8, even(-1000))],
+            even(900),
+            10.0,
+            "extrapolated",
+            -910,
+            -910,
+            id="ramp",
+        ),
+        pytest.param(  # never beyond the command
+            FLAT_GRID,
+            RAMP_BATTERY,
+            [(9.8, even(-850))],
+            even(900),
+            10.0,
+            "extrapolated",
+            -850,
+            -850,
+            id="ramp_capped",
+        ),
+        pytest.param(  # our own step, not yet visible, grid explained by it: the load stands
+            KETTLE_OFF_GRID,
+            KETTLE_OFF_BATTERY,
+            KETTLE_OFF_COMMANDS,
+            even(650),
+            10.0,
+            "held",
+            -1990,
+            -1990,
+            id="own_step_held",
+        ),
+        pytest.param(  # our own step, but a grid it cannot explain: the load changed
+            [(9.8, even(-2000)), (10.0, even(500))],
+            KETTLE_OFF_BATTERY,
+            KETTLE_OFF_COMMANDS,
+            even(650),
+            10.0,
+            "extrapolated",
+            -2650,
+            -1510,
+            id="own_step_load_changed",
+        ),
+        pytest.param(  # implausible previous load: never held on it
+            KETTLE_OFF_GRID,
+            KETTLE_OFF_BATTERY,
+            KETTLE_OFF_COMMANDS,
+            even(math.nan),
+            10.0,
+            "extrapolated",
+            -2650,
+            -1510,
+            id="own_step_invalid_load",
+        ),
+    ],
+)
+def test_pairing_geometry(
+    grid: Series,
+    battery: Series,
+    commands: Series,
+    load: PowerSample | None,
+    now_s: float,
+    alignment: str,
+    low_w: float,
+    high_w: float,
+) -> None:
+    paired = pair(grid, battery, now_s, 1.0, commands=commands, load=load)
+    assert paired is not None and paired.alignment == alignment
+    assert paired.grid == grid[-1][1]
+    assert low_w - 1e-6 <= paired.battery.total_w <= high_w + 1e-6
+    phases = paired.battery.l1_w + paired.battery.l2_w + paired.battery.l3_w
+    assert phases == pytest.approx(paired.battery.total_w)
+
+
+def test_pairing_needs_a_fresh_sample_of_each_meter() -> None:
+    grid = [(9.6, even(1000)), (9.8, even(2000))]
+    battery = [(9.5, even(0)), (9.7, even(-600))]
+    assert pair(grid, battery, 10.75, 1.0, commands=[], load=None) is None
+    assert pair([], battery, 9.8, 1.0, commands=[], load=None) is None
+    assert pair(grid, [], 9.8, 1.0, commands=[], load=None) is None
 
 
 def test_deadband_applies_only_to_changes_toward_export() -> None:

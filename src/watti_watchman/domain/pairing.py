@@ -12,7 +12,7 @@ from typing import Literal
 from watti_watchman.domain.readings import PowerSample, plausible
 from watti_watchman.domain.tuning import TUNING, Tuning
 
-Alignment = Literal["battery_interpolated", "grid_interpolated", "nearest", "extrapolated", "held"]
+Alignment = Literal["battery_interpolated", "nearest", "extrapolated", "held"]
 
 History = Sequence[tuple[float, PowerSample]]
 """(time s, sample) pairs, oldest first."""
@@ -127,20 +127,19 @@ def pair(
     battery: History,
     now_s: float,
     max_age_s: float,
-    tuning: Tuning = TUNING,
     *,
-    commands: History | None = None,
-    load: PowerSample | None = None,
+    commands: History,
+    load: PowerSample | None,
+    tuning: Tuning = TUNING,
 ) -> Pairing | None:
     """Align the newest grid sample with the battery series (samples older than `max_age_s` ignored).
 
-    Battery samples bracketing the grid time: interpolate the battery to the grid time. Otherwise,
-    with the command history (`commands`: write time, battery power each write drives to, i.e.
-    setpoint − trim) see `_estimate_battery`; `load` is the previous decision's G − B. Without it
-    (nothing written yet, dry run): battery steady (its last two samples differ by less than
-    `tuning.steady_w`): the newest battery sample still holds at the grid time; battery moving:
-    interpolate the grid to the newest battery time, so both describe the same instant. None when
-    either series has no fresh sample.
+    Battery samples bracketing the grid time: the battery interpolated to the grid time. Newest
+    battery sample older than the grid's: the battery over the grid window estimated from its
+    samples and our command history (`commands`: write time, battery power each write drives to,
+    i.e. setpoint − trim; empty before the first write), see `_estimate_battery`; `load` is the
+    previous decision's G − B. Every battery sample newer than the grid's: the nearest one. None
+    when either series has no fresh sample.
     """
     fresh_grid = [(at_s, sample) for at_s, sample in grid if now_s - at_s <= max_age_s]
     fresh = [(at_s, sample) for at_s, sample in battery if now_s - at_s <= max_age_s]
@@ -151,22 +150,14 @@ def pair(
         if t0 <= grid_at_s <= t1 and t1 > t0:
             battery_sample = _lerp(s0, s1, (grid_at_s - t0) / (t1 - t0))
             return Pairing(grid_sample, battery_sample, 0.0, "battery_interpolated")
-    battery_at_s, battery_sample = fresh[-1]
-    if commands is not None and battery_at_s < grid_at_s:
-        return _estimate(fresh_grid, grid_sample, fresh, commands, load, tuning)
-    moving = len(fresh) >= 2 and not abs(battery_sample.total_w - fresh[-2][1].total_w) < tuning.steady_w
-    if moving and len(fresh_grid) >= 2:
-        previous_at_s, previous = fresh_grid[-2]
-        if previous_at_s <= battery_at_s < grid_at_s:
-            weight = (battery_at_s - previous_at_s) / (grid_at_s - previous_at_s)
-            aligned = _lerp(previous, grid_sample, weight)
-            return Pairing(aligned, battery_sample, grid_at_s - battery_at_s, "grid_interpolated")
-    battery_at_s, battery_sample = min(fresh, key=lambda item: abs(grid_at_s - item[0]))
+    if fresh[-1][0] < grid_at_s:
+        return _estimate(grid_at_s, grid_sample, fresh, commands, load, tuning)
+    battery_at_s, battery_sample = fresh[0]
     return Pairing(grid_sample, battery_sample, grid_at_s - battery_at_s, "nearest")
 
 
 def _estimate(
-    grid: History,
+    grid_at_s: float,
     grid_sample: PowerSample,
     fresh: History,
     commands: History,
@@ -174,7 +165,6 @@ def _estimate(
     tuning: Tuning,
 ) -> Pairing:
     """The battery over the grid window from its samples and our own command history."""
-    grid_at_s = grid[-1][0]
     battery_at_s, newest = fresh[-1]
     previous: PowerSample | None = None
     earlier: PowerSample | None = None

@@ -167,9 +167,9 @@ class ChargeController:
                 battery_history,
                 now_s,
                 max_age_s,
-                self.parameters.tuning,
-                commands=None if self.dry_run else list(self._commands),
+                commands=list(self._commands),
                 load=self._state.load,
+                tuning=self.parameters.tuning,
             )
             if fresh
             else None
@@ -179,7 +179,7 @@ class ChargeController:
         dt_s = 0.0 if previous_s is None else stamped.at_s - previous_s
         decision = self._decide(now_s, stamped.at_s, grid, pairing, dt_s)
         self._previous_grid_at_s = None if decision.output.failsafe else stamped.at_s
-        if await self._send(decision.output.setpoints, now_s) or self.dry_run:
+        if await self._send(decision.output.setpoints, now_s):
             self._latency.observe(max(0.0, self._clock() - stamped.at_s))
 
     async def _on_timeout(self) -> None:
@@ -223,13 +223,18 @@ class ChargeController:
         return decision
 
     async def _send(self, setpoints: PhaseSetpoints, now_s: float) -> bool:
-        """Write when changed or the re-send is due; True when a write went out."""
+        """Write when changed or the re-send is due; True when a write went out (dry run: was due).
+
+        A dry run keeps the command history of the writes it would have sent, so its pairing and
+        decisions are the live loop's.
+        """
+        if setpoints == self._applied and now_s < self._write_due_s - TOLERANCE_S:
+            return False
         if self.dry_run:
             self._applied = dict(setpoints)
             self._write_due_s = now_s + self.config.resend_interval
-            return False
-        if setpoints == self._applied and now_s < self._write_due_s - TOLERANCE_S:
-            return False
+            self._remember(setpoints, now_s)
+            return True
         async with self._write_lock:
             if self._stopping:
                 return False

@@ -412,6 +412,10 @@ async def test_metrics_and_status(make_rig: Any) -> None:
     status = json.loads(json.dumps(rig.controller.status()))
     assert status["reason"] == "regulating" and status["mode"] == "both"
     assert status["limits"]["max_discharge_w"] == 6000
+    assert status["bms_limits"] == {"policy": "auto", "use": "enforced"}
+    bms = {s.labels["use"]: s.value for s in families["watti_controller_bms_limits"].samples}
+    assert bms["enforced"] == 1 and sum(bms.values()) == 1
+    assert {s.labels["policy"] for s in families["watti_controller_bms_limits"].samples} == {"auto"}
     rig.grid_running = False
     await rig.advance(1.5)
     families = {family.name: family for family in rig.controller.collect_metrics()}

@@ -16,9 +16,19 @@ from watti_watchman.domain.law import (
     decide,
     initial_state,
 )
-from watti_watchman.domain.limits import LimitConfig, LimitSource, SocTable, power_limits, valid_soc
+from watti_watchman.domain.limits import (
+    BmsPolicy,
+    BmsTracking,
+    BmsUse,
+    LimitConfig,
+    LimitSource,
+    SocTable,
+    bms_limits_w,
+    power_limits,
+    valid_soc,
+)
 from watti_watchman.domain.pairing import pair
-from watti_watchman.domain.readings import PHASES, BatteryStatus, PowerSample
+from watti_watchman.domain.readings import PHASES, BatteryStatus, Phase, PowerSample
 from watti_watchman.domain.reference_law import reference_setpoints
 from watti_watchman.domain.settings import Mode
 from watti_watchman.domain.tuning import TUNING
@@ -113,14 +123,134 @@ def test_soc_outside_range_is_unknown(soc: float | None) -> None:
 
 
 def test_bms_limits_and_unknown_bms() -> None:
-    limits = power_limits(PARAMS.limits, BatteryStatus(50, 20, 10, 50), "both")
+    limits = power_limits(PARAMS.limits, BatteryStatus(50, 20, 10, 50), "both", BmsUse.ENFORCED)
     assert (limits.max_charge_w, limits.max_discharge_w) == (1000, 500)
     assert limits.discharge_source is LimitSource.BMS
-    unknown = power_limits(PARAMS.limits, BatteryStatus(50, 20, None, 50), "both")
+    unknown = power_limits(PARAMS.limits, BatteryStatus(50, 20, None, 50), "both", BmsUse.MISSING)
     assert (unknown.max_charge_w, unknown.max_discharge_w) == (500, 0)
     assert unknown.degraded is LimitSource.BMS_UNKNOWN
-    assert power_limits(PARAMS.limits, BatteryStatus(50, 20, 10, -1), "both").max_discharge_w == 0
-    assert power_limits(PARAMS.limits, None, "both").degraded is LimitSource.SOC_UNKNOWN
+    absent = power_limits(PARAMS.limits, BatteryStatus(50, 20, None, 50), "both", BmsUse.ABSENT)
+    assert (absent.max_charge_w, absent.max_discharge_w, absent.degraded) == (9000, 6000, None)
+    assert power_limits(PARAMS.limits, None, "both", BmsUse.ABSENT).degraded is LimitSource.SOC_UNKNOWN
+
+
+SPEC_CHARGE = SocTable.from_mapping({"0": 3000, "90": 1000, "97": 500})
+SPEC_DISCHARGE = SocTable.from_mapping({"100": 2000, "10": 1000, "5": 0})
+WITH_BMS = BatteryStatus(None, 100.0, 100.0, 52.0)
+"""5.2 kW either way: never binding in the spec's cases."""
+NO_BMS = BatteryStatus(None, None, None, 52.0)
+"""A SmartShunt or vebus SOC: voltage and SOC, no BMS limits."""
+NO_BMS_50 = replace(NO_BMS, soc_percent=50.0)
+
+
+def settled(params: LawParameters, bms: BatteryStatus, soc: float) -> LawState:
+    """The state after the battery status has been fresh for longer than the BMS wait."""
+    state = initial_state(params.phases)
+    inputs = LawInputs(even(0), even(0), replace(bms, soc_percent=soc), 0.0, "both", 0.2)
+    for _ in range(int(params.tuning.bms_wait_s / 0.2) + 2):
+        state = decide(params, inputs, state).state
+    return state
+
+
+@pytest.mark.parametrize("phases", [PHASES, ("L1",)], ids=["three_phase", "l1"])
+@pytest.mark.parametrize("bms", [WITH_BMS, NO_BMS], ids=["bms", "no_bms"])
+@pytest.mark.parametrize(
+    ("grid_w", "soc", "expected_w"),
+    [
+        (1000, 30, -1000),
+        (1000, 60, -1000),
+        (1000, 100, -1000),
+        (3500, 50, -2000),
+        (3500, 100, -2000),
+        (3500, 10, -1000),
+        (3500, 9, -1000),
+        (3500, 6, -1000),
+        (3500, 5, 0),
+        (3500, 4, 0),
+        (-3500, 50, 3000),
+        (-3500, 90, 1000),
+        (-3500, 96.9, 1000),
+        (-3500, 97, 500),
+        (-3500, 100, 500),
+    ],
+)
+def test_original_spec(
+    phases: tuple[Phase, ...], bms: BatteryStatus, grid_w: float, soc: float, expected_w: int
+) -> None:
+    """The original ChargeController spec: grid, battery 0 W, SOC → total setpoint (W)."""
+    params = LawParameters(LimitConfig(SPEC_CHARGE, SPEC_DISCHARGE, 10_000, 10_000), phases=phases)
+    state = settled(params, bms, soc)
+    status_now = replace(bms, soc_percent=soc)
+    output = decide(params, LawInputs(even(grid_w), even(0), status_now, 0.0, "both", 0.2), state)
+    assert output.total_w == expected_w
+    assert set(output.setpoints) == set(phases)
+    assert max(output.setpoints.values()) - min(output.setpoints.values()) <= 1
+    assert output.limits.bms is (BmsUse.ENFORCED if bms is WITH_BMS else BmsUse.ABSENT)
+
+
+def decide_status(params: LawParameters, status_now: BatteryStatus | None, state: LawState) -> LawOutput:
+    """One decision against a 3 kW import (discharge wanted), 0.2 s after the previous one."""
+    return decide(params, LawInputs(even(3000), even(0), status_now, 0.0, "both", 0.2), state)
+
+
+def test_auto_policy_waits_then_governs_by_tables_without_bms() -> None:
+    params = replace(PARAMS, limits=replace(PARAMS.limits, bms_policy="auto"))
+    state = STATE
+    unreported_s = 0.0
+    while unreported_s < params.tuning.bms_wait_s - 1e-9:
+        stale = decide_status(params, None, state)  # no fresh status: the wait does not run
+        assert (stale.total_w, stale.limits.bms) == (0, BmsUse.WAITING)
+        output = decide_status(params, NO_BMS_50, stale.state)
+        assert (output.total_w, output.reason, output.limits.bms) == (0, Reason.BMS_UNKNOWN, BmsUse.WAITING)
+        state, unreported_s = output.state, unreported_s + 0.2
+    output = decide_status(params, NO_BMS_50, state)
+    assert (output.total_w, output.reason, output.limits.bms) == (-3000, Reason.REGULATING, BmsUse.ABSENT)
+
+
+def test_auto_policy_degrades_when_reported_limits_vanish_or_turn_invalid() -> None:
+    params = replace(PARAMS, limits=replace(PARAMS.limits, bms_policy="auto"))
+    reported = decide_status(params, BatteryStatus(50, 20, 10, 50), STATE)
+    assert (reported.total_w, reported.limits.bms) == (-500, BmsUse.ENFORCED)
+    state = reported.state
+    for gone in (NO_BMS_50, BatteryStatus(50, 20, -1, 50), BatteryStatus(50, 20, math.nan, 50)):
+        for _ in range(int(params.tuning.bms_wait_s / 0.2) + 2):  # however long it lasts
+            output = decide_status(params, gone, state)
+            assert (output.total_w, output.reason, output.limits.bms) == (
+                0,
+                Reason.BMS_UNKNOWN,
+                BmsUse.MISSING,
+            )
+            assert output.limits.max_charge_w == CHARGE.smallest_w()
+            state = output.state
+    back = decide_status(params, BatteryStatus(50, 20, 10, 50), state)
+    assert (back.total_w, back.limits.bms) == (-500, BmsUse.ENFORCED)
+
+
+def test_required_policy_never_discharges_without_bms_limits() -> None:
+    params = replace(PARAMS, limits=replace(PARAMS.limits, bms_policy="required"))
+    state = STATE
+    for _ in range(int(params.tuning.bms_wait_s / 0.2) + 2):
+        output = decide_status(params, NO_BMS_50, state)
+        assert (output.total_w, output.limits.bms) == (0, BmsUse.MISSING)
+        state = output.state
+    assert decide_status(params, BatteryStatus(50, 20, 10, 50), state).total_w == -500
+
+
+def test_ignore_policy_never_uses_bms_limits() -> None:
+    params = replace(PARAMS, limits=replace(PARAMS.limits, bms_policy="ignore"))
+    for status_now in (BatteryStatus(50, 20, 10, 50), NO_BMS_50, BatteryStatus(50, 0, 0, 50)):
+        output = decide_status(params, status_now, STATE)
+        assert (output.total_w, output.limits.bms) == (-3000, BmsUse.IGNORED)
+        assert output.limits.discharge_source is LimitSource.SOC_TABLE
+
+
+@pytest.mark.parametrize("policy", ["auto", "required", "ignore"])
+def test_unknown_soc_never_discharges_under_any_policy(policy: BmsPolicy) -> None:
+    params = replace(PARAMS, limits=replace(PARAMS.limits, bms_policy=policy))
+    state = settled(params, NO_BMS, 50)
+    for status_now in (None, BatteryStatus(None, 20, 10, 50), BatteryStatus(math.nan, None, None, 50)):
+        output = decide_status(params, status_now, state)
+        assert (output.total_w, output.reason) == (0, Reason.SOC_UNKNOWN)
 
 
 def test_inverter_maxima_and_missing_table_entries() -> None:
@@ -239,7 +369,7 @@ limits = st.builds(
 )
 params_strategy = st.builds(
     LawParameters,
-    limits,
+    st.builds(replace, limits, bms_policy=st.sampled_from(["auto", "required", "ignore"])),
     st.sampled_from([PHASES, ("L1",), ("L2", "L3")]),
     st.sampled_from(["total", "per_phase"]),
     st.floats(min_value=0, max_value=500),
@@ -255,6 +385,8 @@ states = st.builds(
     st.fixed_dictionaries({p: st.floats(-500, 500) for p in PHASES}),
     st.floats(0, 5),
     st.one_of(st.none(), st.builds(PowerSample, finite, finite, finite, finite)),
+    st.one_of(st.none(), st.builds(PowerSample, finite, finite, finite, finite)),
+    st.builds(BmsTracking, st.booleans(), st.floats(0, 20)),
 )
 
 
@@ -283,7 +415,7 @@ def test_setpoints_always_within_limits(
     values = list(output.setpoints.values())
     assert set(output.setpoints) == set(params.phases)
     assert all(isinstance(v, int) for v in values)
-    limits = power_limits(params.limits, battery_status, mode)
+    limits = output.limits
     assert sum(v for v in values if v > 0) <= limits.max_charge_w
     assert -sum(v for v in values if v < 0) <= limits.max_discharge_w
     assert sum(v for v in values if v > 0) <= params.limits.inverter_max_charge_w
@@ -292,9 +424,20 @@ def test_setpoints_always_within_limits(
         assert all(v >= 0 for v in values)
     if mode == "discharge":
         assert all(v <= 0 for v in values)
-    if limits.soc_percent is None:
+    if limits.soc_percent is None or limits.bms in (BmsUse.WAITING, BmsUse.MISSING):
         assert all(v >= 0 for v in values)
         assert sum(values) <= params.limits.charge_table.smallest_w()
+    bms_w = bms_limits_w(battery_status)
+    policy = params.limits.bms_policy
+    if policy != "ignore" and bms_w is not None:
+        assert sum(v for v in values if v > 0) <= bms_w[0]
+        assert -sum(v for v in values if v < 0) <= bms_w[1]
+    if bms_w is None and (policy == "required" or state.bms.seen):
+        assert all(v >= 0 for v in values)
+    soc = valid_soc(None if battery_status is None else battery_status.soc_percent)
+    if soc is not None:
+        assert sum(v for v in values if v > 0) <= params.limits.charge_table.charge_limit_w(soc)
+        assert -sum(v for v in values if v < 0) <= params.limits.discharge_table.discharge_limit_w(soc)
     inputs_ok = grid is not None and battery is not None and grid.is_finite() and battery.is_finite()
     if not (inputs_ok and math.isfinite(target)):
         assert output.failsafe and values == [0] * len(values)

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from watti_watchman.domain.limits import LimitConfig, LimitSource, PowerLimits, power_limits
+from watti_watchman.domain.limits import (
+    NO_BMS_SEEN,
+    BmsTracking,
+    LimitConfig,
+    LimitSource,
+    PowerLimits,
+    power_limits,
+    track_bms,
+)
 from watti_watchman.domain.readings import (
     MAX_PLAUSIBLE_W,
     PHASES,
@@ -88,13 +96,14 @@ class LawParameters:
 @dataclass(frozen=True, slots=True)
 class LawState:
     """What the law remembers: setpoints in force (W), trim per phase (W), quiet time (s), load G − B
-    and battery B of the last decision (W)."""
+    and battery B of the last decision (W), what the BMS policy has seen."""
 
     setpoints: PhaseSetpoints
     trim_w: Mapping[Phase, float]
     quiet_s: float
     load: PowerSample | None
     battery: PowerSample | None = None
+    bms: BmsTracking = NO_BMS_SEEN
 
 
 def initial_state(phases: Sequence[Phase]) -> LawState:
@@ -287,7 +296,11 @@ def _next_trim(
 
 def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutput:
     """One decision of the law; pure and total (any inputs give setpoints within the limits)."""
-    limits = power_limits(params.limits, inputs.status, inputs.mode)
+    dt_s = min(inputs.dt_s, params.tuning.max_dt_s) if math.isfinite(inputs.dt_s) and inputs.dt_s > 0 else 0.0
+    bms_use, bms = track_bms(
+        params.limits.bms_policy, inputs.status, state.bms, dt_s, params.tuning.bms_wait_s
+    )
+    limits = power_limits(params.limits, inputs.status, inputs.mode, bms_use)
     phases = params.phases
     trim = {phase: state.trim_w.get(phase, 0.0) for phase in phases}
     failure = _input_failure(inputs)
@@ -302,10 +315,9 @@ def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutp
             None,
             None,
             sum(trim.values()),
-            LawState(zero, trim, 0.0, None),
+            LawState(zero, trim, 0.0, None, None, bms),
         )
     grid, battery = inputs.grid, inputs.battery
-    dt_s = min(inputs.dt_s, params.tuning.max_dt_s) if math.isfinite(inputs.dt_s) and inputs.dt_s > 0 else 0.0
     target_w = inputs.target_w + params.import_bias_w
     if params.regulation == "total":
         raw_w = battery.total_w - grid.total_w + target_w + sum(trim.values())
@@ -361,5 +373,5 @@ def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutp
         battery.total_w,
         load.total_w,
         sum(trim.values()),
-        LawState(result, trim, quiet_s, load, battery),
+        LawState(result, trim, quiet_s, load, battery, bms),
     )

@@ -26,6 +26,9 @@ class Tuning:
     """The trim integrates only after this long without a transient (s)."""
     max_dt_s: float = 1.0
     """Longer gaps between decisions count as this much time (s)."""
+    bms_wait_s: float = 10.0
+    """`bms_limits: auto`: fresh battery status without BMS limits for this long since start means
+    the installation has none (s); until then the safe default holds."""
 
     def __post_init__(self) -> None:
         for field in fields(self):

@@ -5,7 +5,7 @@ import logging
 import math
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -13,10 +13,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from watti_watchman.clock import Clock, monotonic
 from watti_watchman.config.services import ChargeControllerConfig
 from watti_watchman.domain.law import LawInputs, LawOutput, LawParameters, Reason, decide, initial_state
-from watti_watchman.domain.limits import LimitConfig, LimitSource, SocTable
+from watti_watchman.domain.limits import BmsUse, LimitConfig, LimitSource, SocTable
 from watti_watchman.domain.pairing import Alignment, Pairing, pair
 from watti_watchman.domain.readings import PHASES, BatteryStatus, PhaseSetpoints, PowerSample
 from watti_watchman.domain.settings import MODES, Mode, RuntimeSettings, SettingsHolder
+from watti_watchman.domain.tuning import TUNING
 from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Stamped
 from watti_watchman.meters.base import BatteryController, PowerMeter
@@ -39,6 +40,7 @@ def law_parameters(config: ChargeControllerConfig) -> LawParameters:
             SocTable.from_mapping(config.discharge_limits),
             config.max_charge_power,
             config.max_discharge_power,
+            config.bms_limits,
         ),
         phases=tuple(config.phases),
         regulation=config.regulation,
@@ -47,6 +49,7 @@ def law_parameters(config: ChargeControllerConfig) -> LawParameters:
         deadband_w=config.deadband,
         trim_gain_per_s=config.trim_gain,
         trim_limit_w=config.trim_limit,
+        tuning=replace(TUNING, response_s=config.response_time),
     )
 
 
@@ -337,6 +340,11 @@ class ChargeController:
             "Constraint setting each limit (1 = binding)",
             labels=["name", "direction", "source"],
         )
+        bms = GaugeMetricFamily(
+            "watti_controller_bms_limits",
+            "How BMS limits take part under the configured policy (1 = current)",
+            labels=["name", "policy", "use"],
+        )
         inputs = {
             "watti_controller_grid_watts": "Grid power used by the last decision (W, + = import)",
             "watti_controller_battery_watts": "Battery power paired with it (W, + = charging)",
@@ -361,6 +369,8 @@ class ChargeController:
                     source.add_metric(
                         [self.name, direction, source_name], 1.0 if source_name == binding else 0.0
                     )
+            for use in BmsUse:
+                bms.add_metric([self.name, self.config.bms_limits, use], 1.0 if use == limits.bms else 0.0)
             fresh = self._clock() - decision.at_s <= self.config.max_age
             values = (
                 output.grid_w,
@@ -373,7 +383,7 @@ class ChargeController:
             for family, value in zip(families.values(), values, strict=True):
                 if fresh and value is not None:
                     family.add_metric(labels, value)
-        yield from (reason, failsafe, limit, source, *families.values())
+        yield from (reason, failsafe, limit, source, bms, *families.values())
 
     def status(self) -> Mapping[str, Any]:
         """JSON-able summary: reason, setpoints, limits, target, mode and the last decision."""
@@ -391,6 +401,7 @@ class ChargeController:
             "reason": None,
             "failsafe": None,
             "limits": None,
+            "bms_limits": {"policy": self.config.bms_limits, "use": None},
             "last_decision": None,
         }
         if decision is not None:
@@ -404,6 +415,7 @@ class ChargeController:
                 "discharge_source": str(limits.discharge_source),
                 "soc_percent": limits.soc_percent,
             }
+            result["bms_limits"]["use"] = str(limits.bms)
             result["last_decision"] = {
                 "age_s": self._clock() - decision.at_s,
                 "grid_w": output.grid_w,

@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from prometheus_client.core import Metric
 
 from watti_watchman.config.services import ChargeControllerConfig
-from watti_watchman.domain.limits import PowerLimits, SocTable, power_limits
+from watti_watchman.domain.limits import BmsTracking, PowerLimits, SocTable, power_limits, track_bms
 from watti_watchman.domain.readings import PHASES, BatteryStatus, PhaseSetpoints, PowerSample
 from watti_watchman.domain.reference_law import reference_setpoints
 from watti_watchman.latest import Latest, Stamped
@@ -413,7 +413,10 @@ class _SyncAgent:
     def _command(self, load_w: float, delay_s: float) -> None:
         """Command target − load within the limits in force now."""
         plant = self._loop.plant
-        limits = power_limits(self._limits, plant.battery_status(), self._config.mode)
+        status = plant.battery_status()
+        settled = BmsTracking(unreported_s=math.inf)
+        bms_use, _ = track_bms(self._limits.bms_policy, status, settled, 0.0, 0.0)
+        limits = power_limits(self._limits, status, self._config.mode, bms_use)
         target_w = self._config.target_setpoint + self._config.import_bias
         self._loop.deliver(_split(target_w - load_w, limits), delay_s)
 

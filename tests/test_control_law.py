@@ -13,6 +13,7 @@ from watti_watchman.domain.law import (
     LawParameters,
     LawState,
     Reason,
+    Regulation,
     decide,
     initial_state,
 )
@@ -611,3 +612,47 @@ def test_trim_ignores_the_small_import_the_deadband_holds() -> None:
     for _ in range(20):
         state = run(-5, -1000, 50, params=params, state=state).state
     assert sum(state.trim_w.values()) > 0  # 5 W export: trimmed away
+
+
+TRIM = replace(PARAMS, trim_gain_per_s=0.5, trim_limit_w=300, tuning=QUICK)
+
+
+def steady(
+    params: LawParameters, grid: PowerSample, battery: PowerSample, count: int, target_w: float = 0.0
+) -> LawOutput:
+    """`count` decisions 0.2 s apart on the same samples; the last one."""
+    state = initial_state(params.phases)
+    for _ in range(count):
+        output = decide(params, LawInputs(grid, battery, status(50), target_w, "both", 0.2), state)
+        state = output.state
+    return output
+
+
+def test_trim_integrates_the_total_error_of_an_unbalanced_house() -> None:
+    # PV on L2, a heat pump on L3: phases far from T/3, the total 60 W off the target.
+    grid = PowerSample(-40, -900, 1000, 60)
+    output = steady(TRIM, grid, PowerSample(-400, -300, -300, -1000), 20)
+    assert output.trim_w < -40
+    assert len({round(v, 9) for v in output.state.trim_w.values()}) == 1  # spread evenly
+
+
+def test_per_phase_trim_on_a_phase_subset_uses_the_controlled_phase_count() -> None:
+    params = replace(TRIM, regulation="per_phase", phases=("L1", "L2"))
+    grid = PowerSample(80, 50, 900, 1030)  # target 100 W: 50 W on each controlled phase
+    output = steady(params, grid, PowerSample(-500, -500, 0, -1000), 20, target_w=100)
+    assert set(output.state.trim_w) == {"L1", "L2"}
+    assert output.state.trim_w["L1"] < -10  # 30 W too much import on L1
+    assert output.state.trim_w["L2"] == 0  # L2 is on target; L3 is not ours
+
+
+def test_transient_is_judged_on_the_regulated_quantity() -> None:
+    before = PowerSample(300, 300, 300, 900)
+    shifted = PowerSample(600, 0, 300, 900)  # 300 W moved from L2 to L1, total unchanged
+    battery = even(-900)
+    cases: tuple[tuple[Regulation, bool], ...] = (("total", True), ("per_phase", False))
+    for regulation, quiet in cases:
+        params = replace(TRIM, regulation=regulation)
+        state = steady(params, before, battery, 10).state
+        assert state.quiet_s > 0
+        output = decide(params, LawInputs(shifted, battery, status(50), 0.0, "both", 0.2), state)
+        assert (output.state.quiet_s > state.quiet_s) is quiet

@@ -150,14 +150,19 @@ class LawOutput:
         return sum(self.setpoints.values())
 
 
-def _deviation_w(first: PowerSample, second: PowerSample) -> tuple[float, float, float, float]:
-    """Absolute differences per phase and of the totals (W)."""
-    return (
-        abs(first.l1_w - second.l1_w),
-        abs(first.l2_w - second.l2_w),
-        abs(first.l3_w - second.l3_w),
-        abs(first.total_w - second.total_w),
-    )
+def _regulated(params: LawParameters, sample: PowerSample) -> list[float]:
+    """What the law regulates (W): the total in `total` mode, each controlled phase in `per_phase`."""
+    if params.regulation == "total":
+        return [sample.total_w]
+    return [sample.phase_w(phase) for phase in params.phases]
+
+
+def _changed(params: LawParameters, new: PowerSample, old: PowerSample | None, threshold_w: float) -> bool:
+    """True when any regulated quantity differs by more than `threshold_w` (or there is no `old`)."""
+    if old is None:
+        return True
+    pairs = zip(_regulated(params, new), _regulated(params, old), strict=True)
+    return any(abs(a - b) > threshold_w for a, b in pairs)
 
 
 def _input_failure(inputs: LawInputs) -> Reason | None:
@@ -344,24 +349,24 @@ def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutp
         grid.l3_w - battery.l3_w,
         grid.total_w - battery.total_w,
     )
+    tuning = params.tuning
     transient = (
-        state.load is None
-        or max(_deviation_w(load, state.load)) > params.tuning.transient_w
-        or max(abs(new - old) for new, old in zip(setpoints, previous, strict=True))
-        > params.tuning.transient_w
-        or abs(sum(setpoints) - sum(previous)) > params.tuning.transient_w
-        or state.battery is None
-        or max(_deviation_w(battery, state.battery)) > params.tuning.steady_w
+        _changed(params, load, state.load, tuning.transient_w)
+        or _changed(params, battery, state.battery, tuning.steady_w)
+        or max(abs(new - old) for new, old in zip(setpoints, previous, strict=True)) > tuning.transient_w
+        or abs(sum(setpoints) - sum(previous)) > tuning.transient_w
     )
     quiet_s = 0.0 if transient else state.quiet_s + dt_s
-    target = PowerSample(target_w / 3, target_w / 3, target_w / 3, target_w)
+    share_w = target_w / len(phases)
+    l1, l2, l3 = (share_w if phase in phases else 0.0 for phase in PHASES)
+    target = PowerSample(l1, l2, l3, target_w)
     frozen = (
         command.charge_clamped
         or command.discharge_clamped
         or command.slewed
-        or max(_deviation_w(grid, target)) > params.tuning.transient_w
+        or _changed(params, grid, target, tuning.transient_w)
     )
-    if params.trim_gain_per_s > 0 and not frozen and quiet_s >= params.tuning.transient_hold_s:
+    if params.trim_gain_per_s > 0 and not frozen and quiet_s >= tuning.transient_hold_s:
         trim = _next_trim(params, grid, target_w, trim, dt_s)
     result = dict(zip(phases, setpoints, strict=True))
     return LawOutput(

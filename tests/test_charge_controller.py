@@ -9,8 +9,9 @@ setpoint writes (the network edge is covered by the end-to-end test). The grid h
 import asyncio
 import itertools
 import json
+import statistics
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from typing import Any, TypeVar
 
 import pytest
@@ -19,10 +20,20 @@ from prometheus_client.core import Metric
 from watti_watchman.clock import ManualClock
 from watti_watchman.config.services import ChargeControllerConfig
 from watti_watchman.domain.law import Reason
+from watti_watchman.domain.limits import BmsUse
 from watti_watchman.domain.readings import BatteryStatus, PhaseSetpoints, PowerSample
 from watti_watchman.latest import Latest
 from watti_watchman.services.charge_controller import ChargeController
-from watti_watchman.sim.plant import PRESETS, Plant, PlantConfig, Profile, constant, steps
+from watti_watchman.sim.plant import (
+    ACTUATOR_ERROR,
+    PRESETS,
+    Installation,
+    Plant,
+    PlantConfig,
+    Profile,
+    constant,
+    steps,
+)
 from watti_watchman.sim.virtual import ManualLatest, SimulatedMeter, default_controller_config
 
 T = TypeVar("T")
@@ -95,6 +106,7 @@ class Rig:
         self.grid_running = True
         self.battery_running = True
         self.grid_windows: list[tuple[float, float]] = []
+        self.grid_samples: list[tuple[float, PowerSample]] = []
         self.tasks: list[tuple[ManualLatest[PowerSample], asyncio.Task[None]]] = []
 
     async def start(self, *, shadow: bool = False) -> None:
@@ -132,6 +144,7 @@ class Rig:
                 at_s = self.origin_s + window.end_s
                 if window.meter == "grid":
                     self.grid_windows.append((window.end_s, window.sample.total_w))
+                    self.grid_samples.append((window.end_s, window.sample))
                     if self.grid_running:
                         self.grid_power.publish(window.sample, at_s)
                         self.shadow_grid_power.publish(window.sample, at_s)
@@ -242,7 +255,12 @@ async def test_per_phase_regulation_settles_each_phase(make_rig: Any) -> None:
 
 
 async def test_trim_removes_a_steady_inverter_offset(make_rig: Any) -> None:
-    plant = Plant(PlantConfig(inverter=PRESETS["medium"], offset_w=30.0), constant(500, 500, 500))
+    plant = Plant(
+        PlantConfig(
+            inverter=PRESETS["medium"], installation=Installation(actuator_offset_w=(30.0, 30.0, 30.0))
+        ),
+        constant(500, 500, 500),
+    )
     rig = make_rig(plant, default_controller_config(trim_gain=0.5, deadband=0))
     await rig.start()
     await rig.advance(3.0)
@@ -421,3 +439,61 @@ async def test_metrics_and_status(make_rig: Any) -> None:
     families = {family.name: family for family in rig.controller.collect_metrics()}
     assert families["watti_controller_grid_watts"].samples == []  # never a frozen value
     assert families["watti_controller_failsafe"].samples[0].value == 1
+
+
+def mean_grid(rig: Rig, start_s: float, end_s: float) -> PowerSample:
+    """Mean of the grid meter's windows that ended within [start_s, end_s] plant time (W)."""
+    inside = [sample for t, sample in rig.grid_samples if start_s <= t <= end_s]
+    l1, l2, l3, total = (statistics.fmean(values) for values in zip(*map(astuple, inside), strict=True))
+    return PowerSample(l1, l2, l3, total)
+
+
+@pytest.mark.parametrize("regulation", ["total", "per_phase"])
+async def test_unbalanced_house_with_actuator_error_settles_within_15_w(
+    make_rig: Any, regulation: str
+) -> None:
+    # PV on L2, a heat pump on L3; the Multi delivers 3 % and 25 W per phase less than commanded.
+    plant = Plant(
+        PlantConfig(inverter=PRESETS["medium"], installation=ACTUATOR_ERROR),
+        constant(400, 300, 2300),
+        constant(0, 2500, 0),
+    )
+    rig = make_rig(plant, default_controller_config(regulation=regulation))
+    await rig.start()
+    await rig.advance(40.0)
+    mean = mean_grid(rig, 20.0, 40.0)
+    assert abs(mean.total_w) <= 15
+    if regulation == "per_phase":
+        assert all(abs(w) <= 15 for w in (mean.l1_w, mean.l2_w, mean.l3_w))
+    decision = rig.controller.last_decision
+    # The trim did it: G = D + 0.97 (T − D + trim) − 75 W = 0 needs trim = (75 − 0.03 · 500) / 0.97.
+    assert decision is not None and decision.output.trim_w == pytest.approx(62, abs=10)
+
+
+async def test_battery_without_bms_covers_the_load_within_the_soc_table(make_rig: Any) -> None:
+    # No BMS limits on the GX, a small battery so that SOC crosses the table's 10 % and 5 % steps.
+    installation = replace(ACTUATOR_ERROR, bms=False)
+    config = PlantConfig(inverter=PRESETS["medium"], installation=installation, capacity_wh=50)
+    plant = Plant(replace(config, initial_soc_percent=14.0), constant(700, 650, 650))
+    rig = make_rig(plant)
+    await rig.start()
+    await rig.advance(9.0)
+    decision = rig.controller.last_decision
+    assert decision is not None and decision.output.limits.bms is BmsUse.WAITING
+    assert decision.output.reason is Reason.BMS_UNKNOWN and decision.output.total_w == 0
+    await rig.advance(3.0)  # 10 s of fresh SOC without BMS limits: the tables govern
+    decision = rig.controller.last_decision
+    assert decision is not None and decision.output.limits.bms is BmsUse.ABSENT
+    assert plant.soc_percent > 10.5
+    assert abs(mean_grid(rig, 11.5, 12.0).total_w) <= 30  # the battery covers the 2 kW
+    while plant.soc_percent > 9.5:
+        await rig.advance(0.2)
+    await rig.advance(1.5)
+    decision = rig.controller.last_decision
+    assert decision is not None and 5 < plant.soc_percent <= 10
+    assert (decision.output.total_w, decision.output.reason) == (-1000, Reason.DISCHARGE_LIMITED)
+    while plant.soc_percent > 5:
+        await rig.advance(0.2)
+    await rig.advance(0.4)
+    decision = rig.controller.last_decision
+    assert decision is not None and decision.output.total_w == 0

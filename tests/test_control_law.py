@@ -656,3 +656,25 @@ def test_transient_is_judged_on_the_regulated_quantity() -> None:
         assert state.quiet_s > 0
         output = decide(params, LawInputs(shifted, battery, status(50), 0.0, "both", 0.2), state)
         assert (output.state.quiet_s > state.quiet_s) is quiet
+
+
+@pytest.mark.parametrize(
+    ("regulation", "phases", "target_w", "expected"),
+    [
+        ("total", PHASES, 0, {"L1": -400, "L2": -400, "L3": -400}),
+        ("total", ("L1",), 0, {"L1": -1200}),
+        ("total", ("L2", "L3"), 0, {"L2": -600, "L3": -600}),
+        ("total", ("L1",), 300, {"L1": -900}),
+        ("per_phase", PHASES, 0, {"L1": -1500, "L2": 500, "L3": -200}),
+        ("per_phase", ("L1",), 0, {"L1": -1500}),
+        ("per_phase", ("L1", "L3"), 100, {"L1": -1450, "L3": -150}),
+    ],
+)
+def test_unbalanced_samples_on_phase_subsets(
+    regulation: Regulation, phases: tuple[Phase, ...], target_w: float, expected: dict[Phase, int]
+) -> None:
+    params = replace(PARAMS, regulation=regulation, phases=phases)
+    grid = PowerSample(1500, -500, 200, 1200)  # a heat pump on L1, PV on L2
+    inputs = LawInputs(grid, even(0), status(50), target_w, "both", 0.2)
+    output = decide(params, inputs, initial_state(phases))
+    assert output.setpoints == expected

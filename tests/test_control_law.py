@@ -227,6 +227,15 @@ def test_auto_policy_degrades_when_reported_limits_vanish_or_turn_invalid() -> N
     assert (back.total_w, back.limits.bms) == (-500, BmsUse.ENFORCED)
 
 
+def test_auto_policy_never_governs_by_tables_on_unusable_reported_limits() -> None:
+    params = replace(PARAMS, limits=replace(PARAMS.limits, bms_policy="auto"))
+    state = STATE
+    for _ in range(int(params.tuning.bms_wait_s / 0.2) + 2):
+        output = decide_status(params, BatteryStatus(50, 20, 10, None), state)  # no voltage
+        assert (output.total_w, output.limits.bms) == (0, BmsUse.MISSING)
+        state = output.state
+
+
 def test_required_policy_never_discharges_without_bms_limits() -> None:
     params = replace(PARAMS, limits=replace(PARAMS.limits, bms_policy="required"))
     state = STATE

@@ -163,11 +163,19 @@ NO_BMS_SEEN = BmsTracking()
 def track_bms(
     policy: BmsPolicy, status: BatteryStatus | None, tracking: BmsTracking, dt_s: float, wait_s: float
 ) -> tuple[BmsUse, BmsTracking]:
-    """The BMS limits' use under `policy` now and the updated tracking (`dt_s` since the last call)."""
+    """The BMS limits' use under `policy` now and the updated tracking (`dt_s` since the last call).
+
+    A current limit present but unusable (negative, non-finite, no valid voltage) counts as
+    reported: it never lets the tables govern under `auto`.
+    """
     if policy == "ignore":
         return BmsUse.IGNORED, tracking
     if bms_limits_w(status) is not None:
         return BmsUse.ENFORCED, BmsTracking(True, 0.0)
+    if status is not None and (
+        status.max_charge_current_a is not None or status.max_discharge_current_a is not None
+    ):
+        tracking = BmsTracking(True, 0.0)
     if policy == "required" or tracking.seen:
         return BmsUse.MISSING, tracking
     if status is not None and valid_soc(status.soc_percent) is not None:

@@ -687,3 +687,22 @@ def test_unbalanced_samples_on_phase_subsets(
     inputs = LawInputs(grid, even(0), status(50), target_w, "both", 0.2)
     output = decide(params, inputs, initial_state(phases))
     assert output.setpoints == expected
+
+
+watts = st.floats(min_value=-10_000, max_value=10_000, allow_nan=False)
+timed = st.lists(st.tuples(st.floats(9.0, 10.0), st.builds(even, watts)), min_size=1, max_size=5).map(
+    lambda items: sorted(items, key=lambda item: item[0])
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(grid=timed, battery=timed, commands=timed, load=st.one_of(st.none(), st.builds(even, watts)))
+def test_estimate_never_beyond_the_newest_battery_sample_and_the_commands(
+    grid: Series, battery: Series, commands: Series, load: PowerSample | None
+) -> None:
+    paired = pair(grid, battery, 10.0, 1.0, commands=commands, load=load)
+    assert paired is not None
+    if paired.alignment in ("extrapolated", "held"):
+        values = [battery[-1][1].total_w, *(sample.total_w for _, sample in commands)]
+        assert min(values) - 1e-6 <= paired.battery.total_w <= max(values) + 1e-6
+    assert paired.battery.is_finite()

@@ -8,6 +8,7 @@ being available, and never `gx_silent` on a healthy GX.
 """
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from tests.test_venus_emulator import Probe, running
 from watti_watchman.config.meters import VictronConfig
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.meters.victron import SUPPRESS_REPUBLISH, VictronMeter
-from watti_watchman.sim.venus import VenusEmulator
+from watti_watchman.sim.venus import GRID_PATHS, VenusEmulator
 
 Mode = Literal["flashmq", "legacy"]
 MODES: tuple[Mode, ...] = ("flashmq", "legacy")
@@ -232,3 +233,29 @@ async def test_static_values_for_five_minutes_never_silent(
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "multi" in r.name]
     assert warnings == [], [r.getMessage() for r in warnings]
     print(f"{mode}: worst battery status age {worst_gap_s * k:.1f} field-s, probes {meter.probes_total}")
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_vanishing_services_log_once_and_only_when_mapped(
+    mqtt_connection: MqttConnectionConfig, unique_id: str, mode: Mode, caplog: pytest.LogCaptureFixture
+) -> None:
+    pid = unique_id
+    venus = emulator(mqtt_connection, pid, mode)
+    meter = victron_meter(mqtt_connection, pid)
+    caplog.set_level(logging.INFO, logger=meter.logger.name)
+    status = {"clientId": "c1", "connected": 1, "version": "1", "services": {"g": "grid"}}
+    async with Probe(mqtt_connection, "device/c1/DBus") as probe, running(venus, meter):
+        await wait_until(lambda: regulating(meter), 3.0, "regulating")
+        unmapped = meter.messages_by_reason["unmapped"]
+        await probe.publish("device/c1/Status", json.dumps(status))
+        await wait_until(
+            lambda: meter.messages_by_reason["unmapped"] >= unmapped + len(GRID_PATHS), 3.0, "grid"
+        )
+        venus.restart_driver()  # the grid service leaves D-Bus: one 0-byte notification per path
+        await wait_until(lambda: meter.messages_by_reason["empty"] >= len(GRID_PATHS), 3.0, "grid vanished")
+        venus.remove_service("battery", venus.battery_instance)
+        await wait_until(lambda: meter.messages_by_reason["empty"] > len(GRID_PATHS), 3.0, "battery vanished")
+        await wait_until(lambda: "battery/512 vanished" in caplog.text, 3.0, "battery vanish logged")
+        assert regulating(meter), "the vebus and system values stay"
+    lines = [r.getMessage() for r in caplog.records if "vanished" in r.getMessage()]
+    assert lines == ["battery/512 vanished (0-byte payload): its values dropped"], lines

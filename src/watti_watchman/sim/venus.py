@@ -362,11 +362,10 @@ class VenusEmulator:
     def tick(self) -> None:
         """Advance the timers to `clock()`: heartbeat, keepalive timeout, watchdog, registration replies."""
         now = self._clock()
-        if now >= self._next_heartbeat_s:
+        if self.mode == "flashmq" and self.notifications_active and now >= self._next_heartbeat_s:
             self._next_heartbeat_s = now + self.heartbeat_s
-            if self.mode == "flashmq" and self.notifications_active:
-                self.heartbeats_sent += 1
-                self._send(f"N/{self.portal_id}/heartbeat", _value_payload(round(now)))
+            self.heartbeats_sent += 1
+            self._send(f"N/{self.portal_id}/heartbeat", _value_payload(round(now)))
         if self._alive_until_s is not None and now >= self._alive_until_s:
             self._alive_until_s = None
             self.logger.debug("keepalive timed out")
@@ -513,6 +512,8 @@ class VenusEmulator:
             ),
             None,
         )
+        if not self.notifications_active:
+            self._next_heartbeat_s = now  # the heartbeat starts with the keepalive that wakes the GX
         self._alive_until_s = now + self.keepalive_timeout_s
         if "suppress-republish" not in options:
             self._full_publish(echo)

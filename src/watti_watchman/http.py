@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -62,6 +63,10 @@ def build_http_app(
     return app
 
 
+class HttpBindError(Exception):
+    """The HTTP server cannot listen on its configured address (one-line message)."""
+
+
 class HttpServer:
     """Runs the HTTP application on host:port until stopped."""
 
@@ -74,7 +79,12 @@ class HttpServer:
         """Bind and serve; `port` 0 picks a free port (read it back from `self.port`)."""
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as error:
+            await self._runner.cleanup()
+            reason = os.strerror(error.errno).lower() if error.errno else str(error)
+            raise HttpBindError(f"cannot listen on {self.host}:{self.port} (http): {reason}") from None
         server = site._server
         if server is not None and self.port == 0:
             sockets = getattr(server, "sockets", None) or []

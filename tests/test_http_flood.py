@@ -71,6 +71,8 @@ async def test_a_connection_flood_leaves_the_meters_and_setpoints_alone(broker: 
             )
         )
         assert refused > FLOOD / 2
+        assert re.search(rf"^process_max_fds {NOFILE}\.0$", metrics, re.M), "process metrics exported"
+        assert re.search(r"^process_open_fds \d", metrics, re.M)
         print(
             f"flood: {FLOOD} connections ({failed} failed to connect), {refused:.0f} refused by the service,"
             f" {len(setpoint_writes)} setpoint writes during the flood"

@@ -2,12 +2,16 @@
 
 import asyncio
 import logging
+import socket
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from tests.support.waiting import wait_until
+from watti_watchman.cli import EXIT_BIND
 from watti_watchman.http import SERVER_HEADER, ConnectionGuard, HttpServer, build_http_app
 from watti_watchman.metrics import Exposition
 
@@ -153,3 +157,25 @@ async def test_malformed_requests_are_counted_and_logged_below_warning(
     assert all("\n" not in r.getMessage() and r.exc_info is None for r in noted)
     answer = await request(server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert b"watti_http_bad_requests_total %d.0" % server.guard.bad_requests_total in answer
+
+
+async def test_a_port_in_use_is_one_line_and_exit_code_3(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "watti_watchman.yml"
+        config.write_text(
+            f"meters:\n  - {{type: Janitza, name: hak, host: 127.0.0.1, port: {port}}}\n"
+            f"http: {{port: {port}}}\n"
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "watti_watchman.cli", "run", "-c", str(config),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == EXIT_BIND
+    lines = err.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].endswith(f"cannot listen on 127.0.0.1:{port} (http): address already in use")
+    assert out == b""

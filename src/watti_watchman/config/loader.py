@@ -10,7 +10,6 @@ import dataclasses
 import os
 import re
 from collections.abc import Mapping
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -206,9 +205,11 @@ def read_yaml(text: str, env: Mapping[str, str]) -> tuple[Any, _YamlReader]:
     return data, reader
 
 
-@cache
 def _union_types() -> dict[str, str]:
-    """`meters`/`services` → the known `type` names, as the models' discriminated unions list them."""
+    """`meters`/`services` → the known `type` names, as the models' discriminated unions list them.
+
+    Read from the models each time (only on an error), so types registered later are included.
+    """
     properties = build_schema()["properties"]
     return {
         section: ", ".join(sorted(properties[section]["items"]["discriminator"]["mapping"]))

@@ -56,7 +56,12 @@ def _check_listen_host(issues: _Issues, host: str) -> None:
         return
     try:
         socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (socket.gaierror, UnicodeError):
+    except socket.gaierror as error:
+        if error.errno == socket.EAI_AGAIN:  # DNS not up yet (boot): `run` retries the bind (exit 3)
+            issues.warning(path, "the host name could not be resolved now (temporary DNS failure)")
+        else:
+            issues.error(path, "the host name does not resolve to an address to listen on")
+    except UnicodeError:
         issues.error(path, "the host name does not resolve to an address to listen on")
 
 

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import resource
+import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -285,7 +286,10 @@ class HttpServer:
             self._server = await loop.create_server(protocol, self.host, self.port, reuse_address=True)
         except OSError as error:
             await self._runner.cleanup()
-            reason = os.strerror(error.errno).lower() if error.errno else str(error)
+            if error.errno and not isinstance(error, socket.gaierror):
+                reason = os.strerror(error.errno).lower()
+            else:  # a host name that does not resolve: the resolver's own words
+                reason = (error.strerror or str(error)).lower()
             raise HttpBindError(f"cannot listen on {self.host}:{self.port} (http): {reason}") from None
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]

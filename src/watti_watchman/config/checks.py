@@ -11,8 +11,7 @@ import ssl
 from collections.abc import Mapping
 from typing import Any
 
-from watti_watchman.config.errors import ConfigIssue, Lines, line_of
-from watti_watchman.config.errors import Path as ConfigPath
+from watti_watchman.config.errors import ConfigIssue, ItemPath, Lines, line_of
 from watti_watchman.config.model import WattiConfig
 from watti_watchman.config.services import ChargeControllerConfig
 
@@ -28,10 +27,10 @@ class _Issues:
         self.errors: list[ConfigIssue] = []
         self.warnings: list[ConfigIssue] = []
 
-    def error(self, path: ConfigPath, message: str) -> None:
+    def error(self, path: ItemPath, message: str) -> None:
         self.errors.append(ConfigIssue(path, message, line_of(self.lines, path)))
 
-    def warning(self, path: ConfigPath, message: str) -> None:
+    def warning(self, path: ItemPath, message: str) -> None:
         self.warnings.append(ConfigIssue(path, message, line_of(self.lines, path)))
 
 
@@ -45,7 +44,7 @@ def is_host_name(text: str) -> bool:
 
 def _check_listen_host(issues: _Issues, host: str) -> None:
     """The HTTP bind address: an IP address, or a host name that resolves (as `run` binds it)."""
-    path: ConfigPath = ("http", "host")
+    path: ItemPath = ("http", "host")
     try:
         ipaddress.ip_address(host)
         return
@@ -65,7 +64,7 @@ def _check_listen_host(issues: _Issues, host: str) -> None:
         issues.error(path, "the host name does not resolve to an address to listen on")
 
 
-def _check_ca_file(issues: _Issues, path: ConfigPath, ca_file: str) -> None:
+def _check_ca_file(issues: _Issues, path: ItemPath, ca_file: str) -> None:
     """The CA bundle loads as `run` would load it."""
     try:
         ssl.create_default_context(cafile=ca_file)
@@ -77,7 +76,7 @@ def _check_ca_file(issues: _Issues, path: ConfigPath, ca_file: str) -> None:
         issues.error(path, "not a PEM CA bundle")
 
 
-def _check_soc_table(issues: _Issues, path: ConfigPath, table: Mapping[str, float]) -> None:
+def _check_soc_table(issues: _Issues, path: ItemPath, table: Mapping[str, float]) -> None:
     if not table:
         issues.error(path, "empty table: needs at least one SOC % entry")
         return
@@ -92,7 +91,7 @@ def _check_soc_table(issues: _Issues, path: ConfigPath, table: Mapping[str, floa
 
 
 def _check_controller(
-    issues: _Issues, path: ConfigPath, service: ChargeControllerConfig, meters: Mapping[str, tuple[int, Any]]
+    issues: _Issues, path: ItemPath, service: ChargeControllerConfig, meters: Mapping[str, tuple[int, Any]]
 ) -> None:
     if service.grid_meter_name == service.battery_meter_name:
         issues.error(
@@ -140,7 +139,7 @@ def semantic_issues(config: WattiConfig, lines: Lines) -> tuple[list[ConfigIssue
             issues.error(("meters", index, "max_age"), "shorter than interval: every reading would be stale")
     for index, connection in enumerate(config.mqtt_connections):
         tls = connection.tls_config()
-        path: ConfigPath = ("mqtt_connections", index, "tls")
+        path: ItemPath = ("mqtt_connections", index, "tls")
         if tls is not None and tls.ca_file is not None:
             _check_ca_file(issues, (*path, "ca_file"), tls.ca_file)
         if tls is not None and tls.insecure:

@@ -4,8 +4,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 PathElem = str | int
-Path = tuple[PathElem, ...]
-Lines = Mapping[Path, int]
+ItemPath = tuple[PathElem, ...]
+Lines = Mapping[ItemPath, int]
 
 
 def format_path(path: Sequence[PathElem]) -> str:
@@ -16,7 +16,7 @@ def format_path(path: Sequence[PathElem]) -> str:
     return text or "(top level)"
 
 
-def line_of(lines: Lines, path: Path) -> int | None:
+def line_of(lines: Lines, path: ItemPath) -> int | None:
     """The YAML line of `path`, else of its nearest ancestor that has one (1-based)."""
     for end in range(len(path), -1, -1):
         line = lines.get(path[:end])
@@ -32,7 +32,7 @@ class ConfigIssue:
     The message names what is expected, never the configured value (it may be a secret).
     """
 
-    path: Path
+    path: ItemPath
     message: str
     line: int | None = None
 

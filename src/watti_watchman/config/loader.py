@@ -18,8 +18,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from watti_watchman.config.checks import semantic_issues
-from watti_watchman.config.errors import ConfigError, ConfigIssue, Lines, PathElem, line_of
-from watti_watchman.config.errors import Path as ConfigPath
+from watti_watchman.config.errors import ConfigError, ConfigIssue, ItemPath, Lines, PathElem, line_of
 from watti_watchman.config.model import WattiConfig
 from watti_watchman.config.resolve import ResolvedConfig, resolve
 from watti_watchman.config.schema import build_schema
@@ -55,14 +54,14 @@ class _YamlReader:
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
-        self.lines: dict[ConfigPath, int] = {}
+        self.lines: dict[ItemPath, int] = {}
         self.issues: list[ConfigIssue] = []
-        self.substituted: dict[ConfigPath, str] = {}
+        self.substituted: dict[ItemPath, str] = {}
         """Unquoted scalars with a ${NAME}: path → text; retyped only where no text is expected."""
         self._values = 0
         self._open: set[int] = set()
 
-    def data(self, node: yaml.Node, path: ConfigPath = (), depth: int = 0) -> Any:
+    def data(self, node: yaml.Node, path: ItemPath = (), depth: int = 0) -> Any:
         """Plain data for `node` at `path`; each path's line (1-based) goes to `lines`."""
         line = node.start_mark.line + 1
         self.lines.setdefault(path, line)
@@ -89,7 +88,7 @@ class _YamlReader:
         finally:
             self._open.discard(id(node))
 
-    def _mapping(self, node: yaml.MappingNode, path: ConfigPath, depth: int) -> dict[str, Any]:
+    def _mapping(self, node: yaml.MappingNode, path: ItemPath, depth: int) -> dict[str, Any]:
         result: dict[str, Any] = {}
         merged: list[yaml.MappingNode] = []
         for key_node, value_node in node.value:
@@ -126,7 +125,7 @@ class _YamlReader:
         self.lines.update(explicit_lines)
         return result
 
-    def _scalar(self, node: yaml.ScalarNode, path: ConfigPath, line: int) -> Any:
+    def _scalar(self, node: yaml.ScalarNode, path: ItemPath, line: int) -> Any:
         if not node.tag.startswith(YAML_TAG):
             self.issues.append(ConfigIssue(path, f"unknown tag {node.tag}", line))
             return None
@@ -138,7 +137,7 @@ class _YamlReader:
             self.issues.append(ConfigIssue(path, f"not a valid {node.tag.removeprefix(YAML_TAG)}", line))
             return None
 
-    def _substituted(self, node: yaml.ScalarNode, path: ConfigPath, line: int) -> str:
+    def _substituted(self, node: yaml.ScalarNode, path: ItemPath, line: int) -> str:
         """The scalar's text with `${NAME}` replaced; always a string at first (see `substituted`)."""
 
         def replace(match: re.Match[str]) -> str:
@@ -217,7 +216,7 @@ def _union_types() -> dict[str, str]:
     }
 
 
-def _data_path(data: Any, error: ErrorDetails) -> ConfigPath:
+def _data_path(data: Any, error: ErrorDetails) -> ItemPath:
     """The path in the data of a pydantic error location, without union member tags."""
     loc = error["loc"]
     path: list[PathElem] = []
@@ -292,7 +291,7 @@ def _join(messages: list[str]) -> str:
 
 def _model_issues(error: ValidationError, data: Any, lines: Lines) -> list[ConfigIssue]:
     """Readable issues of a pydantic error, one per path (union alternatives joined)."""
-    by_path: dict[ConfigPath, list[str]] = {}
+    by_path: dict[ItemPath, list[str]] = {}
     for detail in error.errors(include_url=False, include_input=False):
         path = _data_path(data, detail)
         if detail["type"] in ("union_tag_invalid", "union_tag_not_found") and path[:1] in (
@@ -311,7 +310,7 @@ def _model_issues(error: ValidationError, data: Any, lines: Lines) -> list[Confi
     return [ConfigIssue(path, _join(messages), line_of(lines, path)) for path, messages in by_path.items()]
 
 
-def _set(data: Any, path: ConfigPath, value: Any) -> None:
+def _set(data: Any, path: ItemPath, value: Any) -> None:
     for elem in path[:-1]:
         data = data[elem]
     data[path[-1]] = value

@@ -32,6 +32,9 @@ STATE_INTERVAL_S = 1.0
 INVERTER_WATCHDOG_S = 10.0
 """The simulated inverter falls back to 0 W when no setpoint arrived for this long (s)."""
 SDM630_UNIT = 1
+SDM630_REPLY_S = 0.17
+"""A 76-register reply plus its request on RS485 at 9600 baud (8N1, ~1 ms per byte), before the bridge
+forwards it: the SDM630's values are this old when they arrive."""
 
 
 class InverterBridge:
@@ -189,6 +192,7 @@ async def generic_site(
     connection = MqttConnectionConfig(name="site", host=HOST, port=mqtt_port, client_id="sim_generic")
     bridge = InverterBridge(connection)
     world = GenericRealTimePlant(plant, grid_server, bridge, seplos)
+    grid_server.delay_responses(SDM630_REPLY_S)
     await grid_server.start()
     await seplos.start()
     tasks = [asyncio.create_task(bridge.session.run(), name="inverter bridge")]

@@ -22,16 +22,15 @@ from watti_watchman.sim.generic_site import (
     GenericSite,
     generic_site,
 )
-from watti_watchman.sim.plant import constant
+from watti_watchman.sim.plant import ACTUATOR_ERROR, constant
 from watti_watchman.sim.virtual import default_controller_config
 from watti_watchman.supervisor import cancel_and_wait
 
 BASE_LOAD_W = (300.0, 200.0, 250.0)
 STEP_W = 2000.0
 REGULATED_W = 50.0
-INVERTER_OFFSET_W = 10.0
-"""Per phase the simulated inverter delivers its setpoint plus this (W): 30 W in total, inside the
-band, so the test judges the feed-forward through the three protocols, not the trim's convergence."""
+INSTALLATION = ACTUATOR_ERROR
+"""The demo's inverter: 97 % of the command minus 25 W per phase; the trim must remove the error."""
 
 
 async def wait_regulated(site: GenericSite, timeout_s: float) -> float:
@@ -117,7 +116,7 @@ async def test_generic_installation_regulates_a_2kw_step(broker: TestBroker) -> 
         return (BASE_LOAD_W[0] + extra_w[0], BASE_LOAD_W[1], BASE_LOAD_W[2])
 
     connection = MqttConnectionConfig(name="site", host=broker.host, port=broker.port, client_id="watti")
-    async with generic_site(load, constant(0.0), mqtt_port=broker.port, offset_w=INVERTER_OFFSET_W) as site:
+    async with generic_site(load, constant(0.0), mqtt_port=broker.port, installation=INSTALLATION) as site:
         async with generic_stack(site, connection) as controller:
             await wait_until(
                 lambda: sum(site.world.plant.battery_w) < -600, 5.0, "the battery covering the load"

@@ -17,7 +17,15 @@ from watti_watchman.domain.mqtt_payload import PayloadError, extract
 from watti_watchman.domain.readings import PHASES, Phase, PowerSample
 from watti_watchman.mqtt import MqttSession, NotConnectedError
 from watti_watchman.sim.map_server import MapServer
-from watti_watchman.sim.plant import PRESETS, MeterWindow, Plant, PlantConfig, Profile
+from watti_watchman.sim.plant import (
+    ACTUATOR_ERROR,
+    PRESETS,
+    Installation,
+    MeterWindow,
+    Plant,
+    PlantConfig,
+    Profile,
+)
 from watti_watchman.sim.seplos_server import SeplosServer
 from watti_watchman.sim.world import NOMINAL_VOLTAGE_V, POLL_S, EnergyCounters
 from watti_watchman.supervisor import cancel_and_wait
@@ -129,7 +137,7 @@ class GenericRealTimePlant:
             "max_charge_current": status.max_charge_current_a,
             "max_discharge_current": status.max_discharge_current_a,
         }
-        await self.bridge.publish(STATE_TOPIC, json.dumps(state))
+        await self.bridge.publish(STATE_TOPIC, json.dumps({k: v for k, v in state.items() if v is not None}))
 
     async def run(self) -> None:
         """Advance the plant with the wall clock until cancelled."""
@@ -177,12 +185,12 @@ async def generic_site(
     mqtt_port: int,
     initial_soc_percent: float = 50.0,
     plant_preset: str = "medium",
-    offset_w: float = 20.0,
+    installation: Installation = ACTUATOR_ERROR,
 ) -> AsyncIterator[GenericSite]:
     """Start the generic installation's peers against the broker at 127.0.0.1:`mqtt_port`."""
     plant = Plant(
         PlantConfig(
-            inverter=PRESETS[plant_preset], initial_soc_percent=initial_soc_percent, offset_w=offset_w
+            inverter=PRESETS[plant_preset], installation=installation, initial_soc_percent=initial_soc_percent
         ),
         load,
         pv,

@@ -2,29 +2,14 @@
 meter and MqttBattery driving the simulated plant through an inverter's MQTT bridge."""
 
 import asyncio
-import contextlib
-import logging
 import time
-from collections.abc import AsyncIterator
 
 from tests.support.brokers import TestBroker
 from tests.support.waiting import wait_until
 from watti_watchman.config.mqtt import MqttConnectionConfig
-from watti_watchman.meters.modbus_meter import ModbusMeter, ModbusMeterConfig
-from watti_watchman.meters.mqtt_battery import MqttBattery, MqttBatteryConfig
-from watti_watchman.meters.mqtt_meter import MqttMeter, MqttMeterConfig
-from watti_watchman.services.charge_controller import ChargeController
-from watti_watchman.sim.generic_site import (
-    POWER_TOPIC,
-    SDM630_UNIT,
-    SETPOINT_TOPIC,
-    STATE_TOPIC,
-    GenericSite,
-    generic_site,
-)
+from watti_watchman.sim.generic_site import GenericSite, generic_site, generic_stack
 from watti_watchman.sim.plant import ACTUATOR_ERROR, constant
 from watti_watchman.sim.virtual import default_controller_config
-from watti_watchman.supervisor import cancel_and_wait
 
 BASE_LOAD_W = (300.0, 200.0, 250.0)
 STEP_W = 2000.0
@@ -49,66 +34,6 @@ async def wait_regulated(site: GenericSite, timeout_s: float) -> float:
     return time.monotonic() - started
 
 
-@contextlib.asynccontextmanager
-async def generic_stack(
-    site: GenericSite, connection: MqttConnectionConfig
-) -> AsyncIterator[ChargeController]:
-    """The four components of a generic installation, built from their configs and running."""
-    grid = ModbusMeter(
-        ModbusMeterConfig(
-            type="ModbusMeter",
-            name="grid",
-            host=site.grid_server.host,
-            port=site.grid_server.port,
-            unit=SDM630_UNIT,
-            framing="rtu_over_tcp",
-            map="eastron_sdm630",
-        )
-    )
-    battery_meter = MqttMeter(
-        MqttMeterConfig.model_validate(
-            {
-                "type": "MqttMeter",
-                "name": "battery",
-                "mqtt_connection_name": "site",
-                "values": {"power_total": {"topic": POWER_TOPIC}},
-                "max_age": 1.0,
-            }
-        ),
-        connection,
-    )
-    inverter = MqttBattery(
-        MqttBatteryConfig.model_validate(
-            {
-                "type": "MqttBattery",
-                "name": "inverter",
-                "mqtt_connection_name": "site",
-                "setpoint_topic": SETPOINT_TOPIC,
-                "feedback": {
-                    key: {"topic": STATE_TOPIC, "path": key}
-                    for key in ("soc", "voltage", "max_charge_current", "max_discharge_current")
-                },
-            }
-        ),
-        connection,
-    )
-    controller = ChargeController(
-        default_controller_config(
-            grid_meter_name="grid", battery_meter_name="battery", battery_controller_name="inverter"
-        ),
-        grid,
-        battery_meter,
-        inverter,
-    )
-    components = (grid, battery_meter, inverter, controller)
-    tasks = [asyncio.create_task(c.run(), name=c.name) for c in components]
-    try:
-        yield controller
-    finally:
-        await controller.shutdown()
-        await cancel_and_wait(tasks, logging.getLogger("test.generic_site"))
-
-
 async def test_generic_installation_regulates_a_2kw_step(broker: TestBroker) -> None:
     extra_w = [0.0]
 
@@ -117,7 +42,10 @@ async def test_generic_installation_regulates_a_2kw_step(broker: TestBroker) -> 
 
     connection = MqttConnectionConfig(name="site", host=broker.host, port=broker.port, client_id="watti")
     async with generic_site(load, constant(0.0), mqtt_port=broker.port, installation=INSTALLATION) as site:
-        async with generic_stack(site, connection) as controller:
+        controller_config = default_controller_config(
+            grid_meter_name="grid", battery_meter_name="battery", battery_controller_name="inverter"
+        )
+        async with generic_stack(site, connection, controller_config=controller_config) as controller:
             await wait_until(
                 lambda: sum(site.world.plant.battery_w) < -600, 5.0, "the battery covering the load"
             )

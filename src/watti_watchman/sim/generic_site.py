@@ -13,9 +13,14 @@ from dataclasses import dataclass
 from watti_watchman.clock import Clock, monotonic
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.config.register_map import load_register_map
+from watti_watchman.config.services import ChargeControllerConfig
 from watti_watchman.domain.mqtt_payload import PayloadError, extract
 from watti_watchman.domain.readings import PHASES, Phase, PowerSample
+from watti_watchman.meters.modbus_meter import ModbusMeter, ModbusMeterConfig
+from watti_watchman.meters.mqtt_battery import MqttBattery, MqttBatteryConfig
+from watti_watchman.meters.mqtt_meter import MqttMeter, MqttMeterConfig
 from watti_watchman.mqtt import MqttSession, NotConnectedError
+from watti_watchman.services.charge_controller import ChargeController
 from watti_watchman.sim.map_server import MapServer
 from watti_watchman.sim.plant import (
     ACTUATOR_ERROR,
@@ -212,3 +217,62 @@ async def generic_site(
         await cancel_and_wait(tasks, logger)
         await grid_server.stop()
         await seplos.stop()
+
+
+@contextlib.asynccontextmanager
+async def generic_stack(
+    site: GenericSite,
+    connection: MqttConnectionConfig,
+    *,
+    controller_config: ChargeControllerConfig,
+    grid_interval_s: float | None = None,
+) -> AsyncIterator[ChargeController]:
+    """The generic installation's components built from their configs and running (no Application):
+    ModbusMeter (SDM630 map) `grid`, MqttMeter `battery`, MqttBattery `inverter` with SOC and BMS
+    limits from the bridge's state topic, and the ChargeController; 0 W handed back on exit."""
+    grid = ModbusMeter(
+        ModbusMeterConfig(
+            type="ModbusMeter",
+            name="grid",
+            host=site.grid_server.host,
+            port=site.grid_server.port,
+            unit=SDM630_UNIT,
+            framing="rtu_over_tcp",
+            map="eastron_sdm630",
+            interval=grid_interval_s,
+        )
+    )
+    battery_meter = MqttMeter(
+        MqttMeterConfig.model_validate(
+            {
+                "type": "MqttMeter",
+                "name": "battery",
+                "mqtt_connection_name": connection.name,
+                "values": {"power_total": {"topic": POWER_TOPIC}},
+                "max_age": 1.0,
+            }
+        ),
+        connection,
+    )
+    inverter = MqttBattery(
+        MqttBatteryConfig.model_validate(
+            {
+                "type": "MqttBattery",
+                "name": "inverter",
+                "mqtt_connection_name": connection.name,
+                "setpoint_topic": SETPOINT_TOPIC,
+                "feedback": {
+                    key: {"topic": STATE_TOPIC, "path": key}
+                    for key in ("soc", "voltage", "max_charge_current", "max_discharge_current")
+                },
+            }
+        ),
+        connection,
+    )
+    controller = ChargeController(controller_config, grid, battery_meter, inverter)
+    tasks = [asyncio.create_task(c.run(), name=c.name) for c in (grid, battery_meter, inverter, controller)]
+    try:
+        yield controller
+    finally:
+        await controller.shutdown()
+        await cancel_and_wait(tasks, logger)

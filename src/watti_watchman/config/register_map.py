@@ -79,7 +79,7 @@ def map_path(reference: str, base_dir: Path | None = None) -> Path:
 
 
 def load_register_map(reference: str, base_dir: Path | None = None) -> RegisterMap:
-    """Load and validate a map; ValueError with a readable message (never the file's content)."""
+    """Load and validate a map; ValueError with a readable message (neither the path nor the content)."""
     path = map_path(reference, base_dir)
     if reference not in SHIPPED_MAPS and path.suffix not in (".yml", ".yaml"):
         shipped = ", ".join(SHIPPED_MAPS)
@@ -87,13 +87,13 @@ def load_register_map(reference: str, base_dir: Path | None = None) -> RegisterM
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
-        raise ValueError(f"cannot read map file {path}: {error.strerror}") from None
+        raise ValueError(f"cannot read the map file: {error.strerror}") from None
     except yaml.YAMLError as error:
-        raise ValueError(f"map file {path} is not valid YAML: {type(error).__name__}") from None
+        raise ValueError(f"the map file is not valid YAML ({type(error).__name__})") from None
     try:
         return RegisterMapFile.model_validate(data).to_map()
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in error.errors()
         )
-        raise ValueError(f"map file {path}: {problems}") from None
+        raise ValueError(f"in the map file: {problems}") from None

@@ -56,7 +56,7 @@ def _with_wrong_length(address: int, info: bytes) -> bytes:
 class SeplosServer:
     """One pack at `address` served on 127.0.0.1; state and faults changeable while running."""
 
-    def __init__(self, *, address: int = 0, port: int | None = None, reply_delay_s: float = 0.02) -> None:
+    def __init__(self, *, address: int = 0, port: int | None = None, reply_delay_s: float = 0.08) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port(self.host)
         self.address = address

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import aiomqtt
 import pytest
 
 from tests.support.waiting import wait_until
+from watti_watchman.broker import free_port
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.domain.mqtt_payload import (
     PayloadAssembler,
@@ -19,7 +21,7 @@ from watti_watchman.domain.mqtt_payload import (
     parse_path,
 )
 from watti_watchman.meters.base import PowerMeter
-from watti_watchman.meters.mqtt_meter import MqttMeter, MqttMeterConfig
+from watti_watchman.meters.mqtt_meter import MqttMeter, MqttMeterConfig, MqttReadError, read_once
 
 TASMOTA_SML = (
     b'{"Time":"2024-05-01T12:00:00","SML":{"Total_in":12345.678,"Total_out":234.5,"Power_curr":-432}}'
@@ -180,3 +182,36 @@ async def test_meter_on_broker_uses_good_payloads_counts_garbage_and_goes_stale(
         await client.publish(topic, TASMOTA_SML.replace(b"-432", b"1e400"))
         await wait_until(lambda: meter.errors["non_finite"] == 1, 2.0, "an infinite value counted")
         assert not meter.is_fresh()
+
+
+async def test_read_once_takes_a_retained_reading_or_says_what_is_missing(
+    mqtt_connection: MqttConnectionConfig, unique_id: str
+) -> None:
+    topic = f"{unique_id}/em"
+    config = MqttMeterConfig.model_validate(
+        {
+            "type": "MqttMeter",
+            "name": "em",
+            "mqtt_connection_name": "test",
+            "values": {
+                "power_l1": {"topic": topic, "path": "a_act_power"},
+                "voltage_l1": {"topic": topic, "path": "a_voltage"},
+            },
+            "max_age": 0.3,
+        }
+    )
+    with pytest.raises(MqttReadError, match=f"no complete reading on {topic}"):
+        await read_once(config, mqtt_connection, timeout_s=0.5)
+    async with aiomqtt.Client(
+        mqtt_connection.host, mqtt_connection.port, identifier=f"{unique_id}_pub"
+    ) as client:
+        await client.publish(topic, b'{"a_act_power": 12}', retain=True)
+        with pytest.raises(MqttReadError, match=re.escape("rejected: {'missing': 1}")):
+            await read_once(config, mqtt_connection, timeout_s=0.5)
+        await client.publish(topic, SHELLY_EM, retain=True)
+        reading = await read_once(config, mqtt_connection)
+        await client.publish(topic, b"", retain=True)
+    assert (reading.value("power_l1"), reading.value("voltage_l1")) == (951.2, 236.1)
+    unreachable = mqtt_connection.model_copy(update={"port": free_port()})
+    with pytest.raises(MqttReadError, match="cannot connect"):
+        await read_once(config, unreachable, timeout_s=0.5)

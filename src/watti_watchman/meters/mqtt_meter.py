@@ -6,6 +6,7 @@ missing path, not a number, impossible value) is counted by reason, logged once 
 never used; readings older than `max_age` are stale.
 """
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -24,6 +25,7 @@ from watti_watchman.failures import OnceLog
 from watti_watchman.latest import Latest
 from watti_watchman.meters.generic import counter_families, reading_status, up_family, value_families
 from watti_watchman.mqtt import MqttSession
+from watti_watchman.supervisor import cancel_and_wait
 
 METRIC_PREFIX = "watti_mqtt_meter"
 KNOWN_REASONS = ("not_json", "missing", "not_a_number", "non_finite", "implausible")
@@ -97,6 +99,11 @@ class MqttMeter:
             logger=self._logger,
         )
 
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """The subscribed topics."""
+        return self._assembler.topics
+
     def is_fresh(self) -> bool:
         """True when a reading at most `max_age` s old is present."""
         return self.reading.is_fresh(self.config.max_age)
@@ -106,7 +113,7 @@ class MqttMeter:
         await self.session.run()
 
     async def _on_connect(self, session: MqttSession) -> None:
-        await session.subscribe(*self._assembler.topics)
+        await session.subscribe(*self.topics)
 
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         self.messages += 1
@@ -153,3 +160,26 @@ class MqttMeter:
             "messages": self.messages,
             "errors": dict(self.errors),
         }
+
+
+class MqttReadError(Exception):
+    """No complete reading arrived in time (for humans)."""
+
+
+async def read_once(
+    config: MqttMeterConfig, connection: MqttConnectionConfig, *, timeout_s: float | None = None
+) -> MeterReading:
+    """Subscribe until one complete reading arrives (retained values count); MqttReadError after
+    `timeout_s` (default: `max_age` + 2 s) saying what was missing."""
+    meter = MqttMeter(config, connection)
+    task = asyncio.create_task(meter.run(), name=f"read {config.name}")
+    try:
+        newest = await meter.reading.wait_newer(0, config.max_age + 2.0 if timeout_s is None else timeout_s)
+    finally:
+        await cancel_and_wait([task], logging.getLogger("watti_watchman.mqtt_meter"))
+    if newest is None:
+        if not meter.session.connects_total:
+            raise MqttReadError(f"cannot connect to {connection.host}:{connection.port}")
+        garbage = f" (rejected: {dict(meter.errors)})" if meter.errors else ""
+        raise MqttReadError(f"no complete reading on {', '.join(meter.topics)}{garbage}")
+    return newest.value

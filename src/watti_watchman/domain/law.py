@@ -352,10 +352,9 @@ def _learn(
 
 def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutput:
     """One decision of the law; pure and total (any inputs give setpoints within the limits)."""
-    dt_s = min(inputs.dt_s, params.tuning.max_dt_s) if math.isfinite(inputs.dt_s) and inputs.dt_s > 0 else 0.0
-    bms_use, bms = track_bms(
-        params.limits.bms_policy, inputs.status, state.bms, dt_s, params.tuning.bms_wait_s
-    )
+    tuning = params.tuning
+    dt_s = min(inputs.dt_s, tuning.max_dt_s) if math.isfinite(inputs.dt_s) and inputs.dt_s > 0 else 0.0
+    bms_use, bms = track_bms(params.limits.bms_policy, inputs.status, state.bms, dt_s, tuning.bms_wait_s)
     limits = power_limits(params.limits, inputs.status, inputs.mode, bms_use)
     phases = params.phases
     trim = {phase: state.trim_w.get(phase, 0.0) for phase in phases}
@@ -403,7 +402,6 @@ def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutp
         grid.l3_w - battery.l3_w,
         grid.total_w - battery.total_w,
     )
-    tuning = params.tuning
     transient = (
         _changed(params, load, state.load, tuning.transient_w)
         or _changed(params, battery, state.battery, tuning.steady_w)
@@ -411,7 +409,7 @@ def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutp
         or abs(sum(setpoints) - sum(previous)) > tuning.transient_w
     )
     quiet_s = 0.0 if transient else state.quiet_s + dt_s
-    share_w = target_w / len(phases)
+    share_w = target_w / count
     l1, l2, l3 = (share_w if phase in phases else 0.0 for phase in PHASES)
     target = PowerSample(l1, l2, l3, target_w)
     frozen = (

@@ -734,3 +734,13 @@ def test_actuator_gain_is_learned_from_two_converged_operating_points() -> None:
     decision(1500)
     decision(1500)
     assert abs(grid_w) <= 10  # a new step lands without the 3 % residual
+
+
+def test_a_battery_that_does_not_follow_teaches_no_gain() -> None:
+    params = replace(PARAMS, trim_gain_per_s=0.5, trim_limit_w=300, tuning=QUICK)
+    state, battery_w = STATE, 0.0
+    for load_w in [-300.0] * 100 + [1500.0] * 100 + [-300.0] * 100 + [2500.0] * 100:
+        grid = even(load_w + battery_w)
+        output = decide(params, LawInputs(grid, even(battery_w), status(50), 0, "both", 0.2), state)
+        state, battery_w = output.state, min(0.0, float(output.total_w))  # full: it never charges
+    assert state.gain.correction == pytest.approx(0.0, abs=0.005)

@@ -469,6 +469,12 @@ class VictronMeter:
             self.keepalives_by_kind,
         )
         yield self._counter(
+            "watti_victron_probes",
+            "R/ reads of Hub4Mode sent to prove the old dbus-mqtt bridge alive",
+            None,
+            {"": self.probes_total},
+        )
+        yield self._counter(
             "watti_victron_full_publishes",
             "full republishes completed",
             None,

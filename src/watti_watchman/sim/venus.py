@@ -93,6 +93,7 @@ class VenusEmulator:
         mode: Literal["flashmq", "legacy"] = "flashmq",
         vebus_instance: int = 276,
         battery_instance: int = 512,
+        bms_limits: bool = True,
         heartbeat_s: float = 3.0,
         keepalive_timeout_s: float = 60.0,
         watchdog_s: float = 15.0,
@@ -107,6 +108,8 @@ class VenusEmulator:
         self.mode = mode
         self.vebus_instance = vebus_instance
         self.battery_instance = battery_instance
+        self.bms_limits = bms_limits
+        """False: a battery without a managed BMS (SmartShunt/BMV): no Info/Max*Current paths."""
         self.heartbeat_s = heartbeat_s
         self.keepalive_timeout_s = keepalive_timeout_s
         self.watchdog_s = watchdog_s
@@ -171,8 +174,6 @@ class VenusEmulator:
             "system/0/SystemState/State": STATE_PASSTHRU,
             "settings/0/Settings/CGwacs/Hub4Mode": 3,
             self._battery("Soc"): 50.0,
-            self._battery("Info/MaxChargeCurrent"): 100.0,
-            self._battery("Info/MaxDischargeCurrent"): 100.0,
             self._battery("Dc/0/Voltage"): 52.0,
             self._battery("Dc/0/Current"): 0.0,
             self._battery("Dc/0/Power"): 0.0,
@@ -188,6 +189,9 @@ class VenusEmulator:
             self._vebus("Ac/ActiveIn/P"): 0.0,
             self._vebus("Ac/Out/P"): 0.0,
         }
+        if self.bms_limits:
+            defaults[self._battery("Info/MaxChargeCurrent")] = 100.0
+            defaults[self._battery("Info/MaxDischargeCurrent")] = 100.0
         for n in (1, 2, 3):
             defaults[self._vebus(f"Ac/ActiveIn/L{n}/P")] = 0.0
             defaults[self._vebus(f"Ac/Out/L{n}/P")] = 0.0

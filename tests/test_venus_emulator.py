@@ -199,6 +199,12 @@ async def test_keepalive_timeout_stops_notifications(
         assert len(probe.on(f"N/{pid}/heartbeat")) == heartbeats
         assert [value_of(m) for m in probe.on(f"N/{pid}/system/0/Dc/Battery/Soc")] == [12.0], "R read only"
         assert not any(m.payload == b"" for m in probe.received), "FlashMQ does not blank at the timeout"
+        venus.remove_service("battery", 512)
+        await wait_until(
+            lambda: [m.payload for m in probe.on(f"N/{pid}/battery/512/Soc")] == [b""],
+            2.0,
+            "vanish, not kept alive",
+        )
 
 
 def make_legacy(connection: MqttConnectionConfig, portal_id: str, **kwargs: object) -> VenusEmulator:

@@ -250,9 +250,9 @@ class VenusEmulator:
         for path in [path for path in self._values if path.startswith(prefix)]:
             del self._values[path]
             if self.mode == "legacy":
-                self._unpublish(path)  # dbus-mqtt blanks a vanished service whatever the subscriptions
+                self._unpublish(path)  # both bridges blank a vanished service, kept alive or not
             else:
-                self._notify(path, b"")
+                self._send(f"N/{self.portal_id}/{path}", b"")
 
     @property
     def state(self) -> int | None:

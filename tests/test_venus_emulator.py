@@ -244,10 +244,12 @@ async def test_legacy_bridge_retains_values_and_expires_subscriptions(
             await asyncio.sleep(0.2)
         await probe.barrier(pid, "vebus/276/Mode")
         assert len(probe.on(state)) == republished
+        assert venus.full_publishes == 1
         await wait_until(lambda: probe.on(state)[-1].payload == b"", 2.0, "blanked at expiry")
         assert probe.on(f"N/{pid}/system/0/Serial")[-1].payload != b"", "the serial is never blanked"
         await probe.publish(f"R/{pid}/keepalive")
         await wait_until(lambda: probe.on(state)[-1].payload != b"", 2.0, "republished after expiry")
+        assert venus.full_publishes == 2
         assert not probe.on(f"N/{pid}/full_publish_completed")
         assert not probe.on(f"N/{pid}/heartbeat")
 

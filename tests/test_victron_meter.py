@@ -140,10 +140,11 @@ def test_snapshot_soc_preference_and_null_phases() -> None:
 # -- against the emulator -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("mode", ["flashmq", "legacy"])
 async def test_discovers_portal_id_and_instances(
-    mqtt_connection: MqttConnectionConfig, unique_id: str
+    mqtt_connection: MqttConnectionConfig, unique_id: str, mode: str
 ) -> None:
-    venus = gx(mqtt_connection, unique_id, vebus_instance=228, battery_instance=288)
+    venus = gx(mqtt_connection, unique_id, vebus_instance=228, battery_instance=288, mode=mode)
     meter = make_meter(mqtt_connection, None)
     power_meter: PowerMeter = meter  # both capabilities, checked by mypy
     controller: BatteryController = meter

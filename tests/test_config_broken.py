@@ -346,18 +346,32 @@ def test_env_substitution_types_booleans_where_expected() -> None:
     assert connection.tls is True
 
 
-def test_warnings_are_printed_by_check_and_logged_by_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+async def test_warnings_are_printed_by_check_and_logged_by_run(
+    tmp_path: Path, listener: socket.socket
 ) -> None:
     path = tmp_path / "warn.yml"
+    port = listener.getsockname()[1]
     path.write_text(
-        BASE.format(port=1502).replace("target_setpoint: 0", "target_setpoint: 0\n    max_age: 0.3")
+        BASE.format(port=port).replace("target_setpoint: 0", "target_setpoint: 0\n    max_age: 0.3")
     )
-    assert main(["check", "-c", str(path)]) == EXIT_OK
-    err = capsys.readouterr().err
-    assert err.startswith(f"{path}: warning: services[0].max_age: less than two meters[0].interval")
-    warnings = parse_config(path.read_text(), {}).warnings
-    assert [str(w) for w in warnings] == [err.split("warning: ", 1)[1].strip()]
+    code, out, err = await watti("check", "-c", str(path))
+    assert code == EXIT_OK
+    assert out.startswith(f"configuration OK: {path}")
+    expected = "services[0].max_age: less than two meters[0].interval: one late reading stops regulation"
+    assert err.splitlines() == [f"{path}: warning: {expected} (line 29)"]
+    assert [str(w) for w in parse_config(path.read_text(), {}).warnings] == [f"{expected} (line 29)"]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "watti_watchman.cli", "run", "-c", str(path),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    try:
+        async with asyncio.timeout(20):
+            first = (await process.stderr.readline()).decode()
+    finally:
+        process.terminate()
+        await process.wait()
+    assert f" WARNING watti_watchman: {path}: {expected} (line 29)" in first
 
 
 def test_http_host_defaults_to_loopback_and_the_environment_opts_in() -> None:

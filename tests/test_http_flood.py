@@ -56,7 +56,7 @@ async def test_a_connection_flood_leaves_the_meters_and_setpoints_alone(broker: 
         extra_w[0] = 1500.0
         await wait_regulated(site, timeout_s=8)
         setpoint_writes = [w for w in site.venus.writes[writes_before:] if w.path.endswith("AcPowerSetpoint")]
-        last_by_path = {w.path: w.value or 0.0 for w in setpoint_writes}
+        last_by_path = {w.path: float(w.value or 0.0) for w in setpoint_writes}
         assert sum(last_by_path.values()) < -1500  # discharging for the new load
         for writer in held:
             writer.close()

@@ -304,3 +304,5 @@ class HttpServer:
         if self._server is not None:
             self._server.close()
         await self._runner.cleanup()
+        if self._server is not None:
+            await self._server.wait_closed()

@@ -357,6 +357,7 @@ async def test_warnings_are_printed_by_check_and_logged_by_run(
     code, out, err = await watti("check", "-c", str(path))
     assert code == EXIT_OK
     assert out.startswith(f"configuration OK: {path}")
+    assert out.rstrip().endswith("http: 127.0.0.1:0 (this host only)")
     expected = "services[0].max_age: less than two meters[0].interval: one late reading stops regulation"
     assert err.splitlines() == [f"{path}: warning: {expected} (line 29)"]
     assert [str(w) for w in parse_config(path.read_text(), {}).warnings] == [f"{expected} (line 29)"]

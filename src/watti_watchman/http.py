@@ -31,6 +31,8 @@ HEADER_TIMEOUT_S = 5.0
 """A request whose headers are not complete this long after its first byte: connection closed."""
 IDLE_TIMEOUT_S = 15.0
 """A connection without a request this long (after opening or the last response): closed."""
+WRITE_TIMEOUT_S = 10.0
+"""A client that reads nothing of a response for this long (send buffers full): closed."""
 MAX_CONNECTIONS = 64
 """Concurrent HTTP connections; more are closed at once (Prometheus needs one or two)."""
 FD_RESERVE = 64
@@ -129,14 +131,16 @@ class ConnectionGuard:
         max_connections: int = MAX_CONNECTIONS,
         fd_reserve: int = FD_RESERVE,
         header_timeout_s: float = HEADER_TIMEOUT_S,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
     ) -> None:
         self.max_connections = max_connections
         self.header_timeout_s = header_timeout_s
+        self.write_timeout_s = write_timeout_s
         self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.fd_reserve = fd_reserve
         self.open = 0
         self.refused_total: dict[str, int] = {"connection_limit": 0, "fd_reserve": 0}
-        self.header_timeouts_total = 0
+        self.timeouts_total: dict[str, int] = {"header": 0, "write": 0}
         self.bad_requests_total = 0
 
     def refusal(self, fileno: int) -> str | None:
@@ -160,10 +164,13 @@ class ConnectionGuard:
             refused.add_metric([reason], count)
         yield refused
         timeouts = CounterMetricFamily(
-            "watti_http_header_timeouts",
-            f"HTTP requests whose headers took over {self.header_timeout_s:g} s",
+            "watti_http_timeouts",
+            f"HTTP connections closed: headers slower than {self.header_timeout_s:g} s (header) or"
+            f" a response unread for {self.write_timeout_s:g} s (write)",
+            labels=["reason"],
         )
-        timeouts.add_metric([], self.header_timeouts_total)
+        for reason, count in sorted(self.timeouts_total.items()):
+            timeouts.add_metric([reason], count)
         yield timeouts
         bad = CounterMetricFamily("watti_http_bad_requests", "Malformed HTTP requests (answered 400)")
         bad.add_metric([], self.bad_requests_total)
@@ -171,7 +178,7 @@ class ConnectionGuard:
 
 
 class _GuardedHandler(web.RequestHandler):
-    """aiohttp's protocol plus the guard: refuse over the limits, header-read timeout."""
+    """aiohttp's protocol plus the guard: refuse over the limits, header-read and write timeouts."""
 
     def __init__(self, manager: web.Server, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -179,6 +186,7 @@ class _GuardedHandler(web.RequestHandler):
         self.refused = False
         self.in_request = False
         self._header_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
@@ -197,6 +205,8 @@ class _GuardedHandler(web.RequestHandler):
             return
         self.guard.open -= 1
         self.request_started()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -218,9 +228,27 @@ class _GuardedHandler(web.RequestHandler):
 
     def _header_timeout(self) -> None:
         self._header_timer = None
-        self.guard.header_timeouts_total += 1
+        self.guard.timeouts_total["header"] += 1
         logger.debug("HTTP request headers not complete within %g s: closed", self.guard.header_timeout_s)
         self.force_close()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        loop = asyncio.get_running_loop()
+        self._write_timer = loop.call_later(self.guard.write_timeout_s, self._write_timeout)
+
+    def resume_writing(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        super().resume_writing()
+
+    def _write_timeout(self) -> None:
+        self._write_timer = None
+        self.guard.timeouts_total["write"] += 1
+        logger.debug("HTTP client read nothing for %g s: closed", self.guard.write_timeout_s)
+        if self.transport is not None:
+            self.transport.abort()  # close() would wait for the buffered data to drain
 
     def handle_error(
         self,

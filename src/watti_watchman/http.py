@@ -1,6 +1,6 @@
 """The HTTP server: /metrics (Prometheus), /healthz, /api/status and the status page.
 
-Hardened for a LAN: loopback by default, header-read and idle timeouts, a connection cap and a
+Hardened for a LAN: loopback by default, header-read, idle and write timeouts, a connection cap and a
 descriptor reserve (HTTP is refused long before the meters' and brokers' sockets could be),
 malformed requests counted and logged at DEBUG, no server version header.
 """

@@ -211,7 +211,7 @@ def _union_types() -> dict[str, str]:
     """
     properties = build_schema()["properties"]
     return {
-        section: ", ".join(sorted(properties[section]["items"]["discriminator"]["mapping"]))
+        section: ", ".join(sorted(properties[section]["items"].get("discriminator", {}).get("mapping", {})))
         for section in UNION_KINDS
     }
 

@@ -385,9 +385,22 @@ def test_http_host_defaults_to_loopback_and_the_environment_opts_in() -> None:
 
 def test_accepted_configurations_build_every_component() -> None:
     from watti_watchman.app import Application  # noqa: PLC0415
+    from watti_watchman.sim.demo import demo_config_text  # noqa: PLC0415
 
     root = Path(__file__).resolve().parent.parent
-    texts = [BASE.format(port=1502), (root / "docs" / "examples" / "original.yml").read_text()]
-    for text in texts:
-        app = Application(parse_config(text, {}), http_port=0)
+    readme = (root / "README.md").read_text().split("```yaml\n", 1)[1].split("```", 1)[0]
+    demo_env = {
+        "WATTI_DEMO_MQTT_PORT": "1883",
+        "WATTI_DEMO_GRID_PORT": "1502",
+        "WATTI_DEMO_BATTERY_PORT": "1503",
+        "WATTI_DEMO_PORTAL_ID": "c0ffee000001",
+    }
+    accepted = [
+        (BASE.format(port=1502), {}),
+        ((root / "docs" / "examples" / "original.yml").read_text(), {}),
+        (readme, {"VICTRON_PORTAL_ID": "c0ffee123456"}),
+        (demo_config_text(), demo_env),
+    ]
+    for text, env in accepted:
+        app = Application(parse_config(text, env), http_port=0)
         assert app.components

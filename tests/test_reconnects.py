@@ -218,7 +218,7 @@ def test_a_dns_failure_names_the_host() -> None:
         except OSError as error:
             raise aiomqtt.MqttError(str(error)) from None
     except aiomqtt.MqttError as wrapped:
-        found = diagnose(wrapped, connection)
+        found = diagnose(wrapped, connection, connecting=True)
     assert found is not None
     expect("dns", "broker.example", "1883", "Name or service not known")(*found)
 

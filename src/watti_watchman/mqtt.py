@@ -41,11 +41,13 @@ AUTH_CODES = frozenset({4, 5, 134, 135})
 """CONNACK codes for bad credentials / not authorised (MQTT 3.1.1 and 5)."""
 
 
-def diagnose(error: BaseException, connection: MqttConnectionConfig) -> tuple[str, str] | None:
+def diagnose(
+    error: BaseException, connection: MqttConnectionConfig, *, connecting: bool
+) -> tuple[str, str] | None:
     """(reason label, message naming host:port or the CA file) for a transient MQTT error.
 
-    None for programming errors. aiomqtt wraps socket errors in MqttError; the original is
-    its `__context__`.
+    `connecting`: raised before the connection was up. None for programming errors. aiomqtt
+    wraps socket errors in MqttError; the original is its `__context__`.
     """
     where = f"{connection.host}:{connection.port}"
     tls = connection.tls_config()
@@ -62,14 +64,13 @@ def diagnose(error: BaseException, connection: MqttConnectionConfig) -> tuple[st
         return "tls", f"TLS certificate of {where} not trusted by {ca}: {cause.verify_message}"
     if isinstance(cause, ssl.SSLError):
         return "tls", f"TLS handshake with {where} failed ({cause.reason}): is this a TLS port?"
-    connecting = type(error) is aiomqtt.MqttError and error.__suppress_context__  # raised by connect()
     if connecting and tls is not None and isinstance(cause, ConnectionResetError | BrokenPipeError):
         return "tls", f"TLS handshake with {where} failed (connection reset): is this a TLS port?"
     if isinstance(cause, FileNotFoundError | PermissionError) and tls is not None:
         return "tls", f"cannot read the CA file {ca}: {cause.strerror}"
     if isinstance(cause, ConnectionRefusedError):
         return "connection_refused", f"{where} refused the connection: no broker listening on that port"
-    if isinstance(error, aiomqtt.MqttError) and str(error) == "Operation timed out":
+    if connecting and isinstance(error, aiomqtt.MqttError) and str(error) == "Operation timed out":
         hint = "" if tls is not None else " (a TLS port needs tls: true)"
         return "timeout", f"no MQTT answer from {where} within {CONNECT_TIMEOUT_S:g} s{hint}"
     if isinstance(cause, TimeoutError):
@@ -131,6 +132,7 @@ class MqttSession:
         self.failures = FailureLog(self.logger, clock)
         self.backoff = Backoff(initial_s=0.2, cap_s=10.0)
         self._client: aiomqtt.Client | None = None
+        self._connecting = False
         self.connected = asyncio.Event()
         self.connects_total = 0
         self.messages_total = 0
@@ -163,6 +165,7 @@ class MqttSession:
         )
 
     async def _session(self) -> None:
+        self._connecting = True
         client = self._make_client()
         # aiomqtt 2.5 forgets a disconnect that arrives between CONNACK and the end of
         # connecting (its future is replaced unread): retrieve it, and check paho's state.
@@ -170,6 +173,7 @@ class MqttSession:
         async with client:
             if not client._client.is_connected():
                 raise aiomqtt.MqttError("connection closed right after CONNACK")
+            self._connecting = False
             self._client = client
             try:
                 self.connects_total += 1
@@ -195,10 +199,13 @@ class MqttSession:
             self._session,
             failures=self.failures,
             backoff=self.backoff,
-            classify=lambda error: (diagnose(error, self.connection) or (None, ""))[0],
-            describe=lambda error: (diagnose(error, self.connection) or ("", str(error)))[1],
+            classify=lambda error: (self._diagnose(error) or (None, ""))[0],
+            describe=lambda error: (self._diagnose(error) or ("", str(error)))[1],
             clock=self._clock,
         )
+
+    def _diagnose(self, error: BaseException) -> tuple[str, str] | None:
+        return diagnose(error, self.connection, connecting=self._connecting)
 
     @property
     def is_connected(self) -> bool:

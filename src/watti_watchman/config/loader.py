@@ -21,7 +21,6 @@ from watti_watchman.config.checks import semantic_issues
 from watti_watchman.config.errors import ConfigError, ConfigIssue, ItemPath, Lines, PathElem, line_of
 from watti_watchman.config.model import WattiConfig
 from watti_watchman.config.resolve import ResolvedConfig, resolve
-from watti_watchman.config.schema import build_schema
 
 __all__ = ["ConfigError", "ConfigIssue", "PathElem", "load_config", "parse_config"]
 
@@ -204,12 +203,9 @@ def read_yaml(text: str, env: Mapping[str, str]) -> tuple[Any, _YamlReader]:
     return data, reader
 
 
-def _union_types() -> dict[str, str]:
-    """`meters`/`services` → the known `type` names, as the models' discriminated unions list them.
-
-    Read from the models each time (only on an error), so types registered later are included.
-    """
-    properties = build_schema()["properties"]
+def _union_types(model: type[WattiConfig]) -> dict[str, str]:
+    """`meters`/`services` → the known `type` names, as `model`'s discriminated unions list them."""
+    properties = model.model_json_schema()["properties"]
     return {
         section: ", ".join(sorted(properties[section]["items"].get("discriminator", {}).get("mapping", {})))
         for section in UNION_KINDS
@@ -289,7 +285,9 @@ def _join(messages: list[str]) -> str:
     return "; ".join(unique)
 
 
-def _model_issues(error: ValidationError, data: Any, lines: Lines) -> list[ConfigIssue]:
+def _model_issues(
+    error: ValidationError, data: Any, lines: Lines, model: type[WattiConfig]
+) -> list[ConfigIssue]:
     """Readable issues of a pydantic error, one per path (union alternatives joined)."""
     by_path: dict[ItemPath, list[str]] = {}
     for detail in error.errors(include_url=False, include_input=False):
@@ -299,7 +297,7 @@ def _model_issues(error: ValidationError, data: Any, lines: Lines) -> list[Confi
             ("services",),
         ):
             section = str(path[0])
-            known = _union_types()[section]
+            known = _union_types(model)[section]
             if detail["type"] == "union_tag_invalid":
                 message = f"unknown {UNION_KINDS[section]} type (known: {known})"
             else:
@@ -316,11 +314,12 @@ def _set(data: Any, path: ItemPath, value: Any) -> None:
     data[path[-1]] = value
 
 
-def validate_data(data: dict[str, Any], reader: _YamlReader) -> WattiConfig:
-    """The typed configuration; a `${NAME}` where no text is expected is typed as YAML would."""
+def validate_data(data: dict[str, Any], reader: _YamlReader, model: type[WattiConfig]) -> WattiConfig:
+    """`data` as `model` (the root model, its unions possibly built from a registry); a `${NAME}`
+    where no text is expected is typed as YAML would."""
     for attempt in range(2):
         try:
-            return WattiConfig.model_validate(data, strict=True)
+            return model.model_validate(data, strict=True)
         except ValidationError as error:
             retype = {
                 path
@@ -329,7 +328,7 @@ def validate_data(data: dict[str, Any], reader: _YamlReader) -> WattiConfig:
                 and (path := _data_path(data, detail)) in reader.substituted
             }
             if attempt == 1 or not retype:
-                raise ConfigError(_model_issues(error, data, reader.lines)) from None
+                raise ConfigError(_model_issues(error, data, reader.lines, model)) from None
             for path in retype:
                 _set(data, path, _typed(reader.substituted[path]))
     raise AssertionError("unreachable")  # pragma: no cover
@@ -345,7 +344,7 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> ResolvedCon
     http = data.get("http")
     if HTTP_HOST_ENV in environ and (http is None or (isinstance(http, dict) and "host" not in http)):
         data["http"] = {**(http or {}), "host": environ[HTTP_HOST_ENV]}
-    config = validate_data(data, reader)
+    config = validate_data(data, reader, WattiConfig)
     issues: list[ConfigIssue] = []
     try:
         resolved = resolve(config, reader.lines)

@@ -205,6 +205,7 @@ CASES = [
         "grid_meter_name: no meter",
     ),
     Case("key_is_a_mapping", append("? {a: 1}\n: 2\n"), "keys must be plain text"),
+    Case("huge_file", append("#" * (1 << 20) + "\n"), "larger than 1024 KiB"),
 ]
 CASES[CASES.index(next(c for c in CASES if c.name == "max_age_below_interval"))] = Case(
     "max_age_below_interval",
@@ -307,6 +308,11 @@ async def test_real_cli_check_and_run_agree_and_run_connects_nowhere(
     assert checked[2] == ran[2]
     with pytest.raises(BlockingIOError):
         listener.accept()  # nobody connected to the meter's or broker's port
+
+
+def test_an_endless_file_is_refused_unread(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "-c", "/dev/zero"]) == EXIT_CONFIG
+    assert capsys.readouterr().err == "/dev/zero: larger than 1024 KiB: not a configuration\n"
 
 
 def test_merge_keys_and_bounded_aliases_work() -> None:

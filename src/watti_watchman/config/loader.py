@@ -27,6 +27,8 @@ __all__ = ["ConfigError", "ConfigIssue", "PathElem", "load_config", "parse_confi
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 HTTP_HOST_ENV = "WATTI_HTTP_HOST"
 """Fills in `http.host` when the file does not set it (containers set 0.0.0.0 here)."""
+MAX_FILE_BYTES = 1 << 20
+"""Larger files are refused unread (a configuration is a few KiB)."""
 MAX_DEPTH = 32
 """Deeper nesting is refused (the schema needs five levels)."""
 MAX_VALUES = 20_000
@@ -361,9 +363,12 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> ResolvedCon
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> ResolvedConfig:
     """Read and validate the configuration file at `path` (UTF-8); raises ConfigError."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)  # bounded: `-c /dev/zero` must not hang
     except OSError as error:
         raise ConfigError([ConfigIssue((), f"cannot read the file: {error.strerror}")]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError([ConfigIssue((), f"larger than {MAX_FILE_BYTES // 1024} KiB: not a configuration")])
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise ConfigError([ConfigIssue((), "the file is UTF-16; save it as UTF-8")])
     try:

@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from watti_watchman.clock import Clock
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.failures import FailureLog
-from watti_watchman.supervisor import Backoff, reraise_swallowed_cancel, supervise
+from watti_watchman.supervisor import HEALTHY_AFTER_S, Backoff, reraise_swallowed_cancel, supervise
 
 
 @dataclass(frozen=True)
@@ -175,9 +175,16 @@ class MqttSession:
                 raise aiomqtt.MqttError("connection closed right after CONNACK")
             self._connecting = False
             self._client = client
+            # The outage ends once the connection has held: a flapping broker is one outage.
+            connected_at_s = self._clock()
+            stable = asyncio.get_running_loop().call_later(
+                HEALTHY_AFTER_S,
+                self.failures.success,
+                f"connected to {self.connection.host}:{self.connection.port} (stable)",
+                connected_at_s,
+            )
             try:
                 self.connects_total += 1
-                self.failures.success(f"connected to {self.connection.host}:{self.connection.port}")
                 self.logger.debug("connected as %s", self.client_id)
                 self.connected.set()
                 if self._on_connect is not None:
@@ -190,6 +197,7 @@ class MqttSession:
                         data = payload if isinstance(payload, bytes) else str(payload or "").encode()
                         self._on_message(message.topic.value, data, message.retain)
             finally:
+                stable.cancel()
                 self.connected.clear()
                 self._client = None
 

@@ -284,6 +284,10 @@ async def watti(*args: str) -> tuple[int, str, str]:
 
 
 SUBPROCESS_CASES = [
+    "nan_target",
+    "deep_nesting",
+    "unknown_tag",
+    "non_utf8",
     "soc_key_above_100",
     "missing_ca_file",
     "recursive_alias",

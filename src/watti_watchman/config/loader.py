@@ -319,21 +319,23 @@ def _set(data: Any, path: ItemPath, value: Any) -> None:
 def validate_data(data: dict[str, Any], reader: _YamlReader, model: type[WattiConfig]) -> WattiConfig:
     """`data` as `model` (the root model, its unions possibly built from a registry); a `${NAME}`
     where no text is expected is typed as YAML would."""
-    for attempt in range(2):
-        try:
-            return model.model_validate(data, strict=True)
-        except ValidationError as error:
-            retype = {
-                path
-                for detail in error.errors(include_url=False, include_input=False)
-                if detail["type"] not in SUBSTITUTION_RETYPED
-                and (path := _data_path(data, detail)) in reader.substituted
-            }
-            if attempt == 1 or not retype:
-                raise ConfigError(_model_issues(error, data, reader.lines, model)) from None
-            for path in retype:
-                _set(data, path, _typed(reader.substituted[path]))
-    raise AssertionError("unreachable")  # pragma: no cover
+    try:
+        return model.model_validate(data, strict=True)
+    except ValidationError as error:
+        retype = {
+            path
+            for detail in error.errors(include_url=False, include_input=False)
+            if detail["type"] not in SUBSTITUTION_RETYPED
+            and (path := _data_path(data, detail)) in reader.substituted
+        }
+        if not retype:
+            raise ConfigError(_model_issues(error, data, reader.lines, model)) from None
+    for path in retype:
+        _set(data, path, _typed(reader.substituted[path]))
+    try:
+        return model.model_validate(data, strict=True)
+    except ValidationError as error:
+        raise ConfigError(_model_issues(error, data, reader.lines, model)) from None
 
 
 def parse_config(text: str, env: Mapping[str, str] | None = None) -> ResolvedConfig:

@@ -497,3 +497,16 @@ async def test_battery_without_bms_covers_the_load_within_the_soc_table(make_rig
     await rig.advance(0.4)
     decision = rig.controller.last_decision
     assert decision is not None and decision.output.total_w == 0
+
+
+async def test_actuator_gain_error_is_learned_in_closed_loop(make_rig: Any) -> None:
+    load = steps((400.0, 300.0, 2300.0), (20.0, (2400.0, 300.0, 2300.0)))  # a kettle on L1 at 20 s
+    plant = Plant(
+        PlantConfig(inverter=PRESETS["medium"], installation=ACTUATOR_ERROR), load, constant(0, 2500, 0)
+    )
+    rig = make_rig(plant)
+    await rig.start()
+    await rig.advance(40.0)
+    correction = rig.controller.status()["last_decision"]["gain_correction"]
+    assert correction == pytest.approx(1 / 0.97 - 1, abs=0.01)
+    assert abs(mean_grid(rig, 35.0, 40.0).total_w) <= 15

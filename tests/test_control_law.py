@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watti_watchman.domain.law import (
+    GainLearning,
     LawInputs,
     LawOutput,
     LawParameters,
@@ -397,6 +398,7 @@ states = st.builds(
     st.one_of(st.none(), st.builds(PowerSample, finite, finite, finite, finite)),
     st.one_of(st.none(), st.builds(PowerSample, finite, finite, finite, finite)),
     st.builds(BmsTracking, st.booleans(), st.floats(0, 20)),
+    st.builds(GainLearning, st.floats(-0.15, 0.15), st.floats(0, 5), st.none() | st.tuples(finite, finite)),
 )
 
 
@@ -454,6 +456,7 @@ def test_setpoints_always_within_limits(
     for value in (output.raw_w, output.grid_w, output.battery_w, output.load_w, output.trim_w):
         assert value is None or math.isfinite(value)
     assert all(math.isfinite(v) for v in output.state.trim_w.values())
+    assert abs(output.state.gain.correction) <= params.tuning.max_gain_correction
 
 
 Series = list[tuple[float, PowerSample]]
@@ -706,3 +709,38 @@ def test_estimate_never_beyond_the_newest_battery_sample_and_the_commands(
         values = [battery[-1][1].total_w, *(sample.total_w for _, sample in commands)]
         assert min(values) - 1e-6 <= paired.battery.total_w <= max(values) + 1e-6
     assert paired.battery.is_finite()
+
+
+def test_actuator_gain_is_learned_from_two_converged_operating_points() -> None:
+    params = replace(PARAMS, trim_gain_per_s=0.5, trim_limit_w=300, tuning=QUICK)
+    state, battery_w, grid_w = STATE, 0.0, 0.0
+
+    def decision(load_w: float) -> LawOutput:
+        """One decision 0.2 s after the last on a Multi delivering 0.97 × setpoint − 75 W."""
+        nonlocal state, battery_w, grid_w
+        grid_w = load_w + battery_w
+        output = decide(params, LawInputs(even(grid_w), even(battery_w), status(50), 0, "both", 0.2), state)
+        state, battery_w = output.state, 0.97 * output.total_w - 75
+        return output
+
+    for _ in range(150):
+        decision(1000)
+    assert state.gain.correction == 0 and state.gain.reference is not None  # one point: nothing yet
+    for _ in range(150):
+        before = decision(3000)
+    assert state.gain.correction == pytest.approx(1 / 0.97 - 1, abs=0.003)
+    assert sum(state.trim_w.values()) == pytest.approx(75 / 0.97, abs=10)  # the offset (± deadband)
+    assert abs(before.total_w - decision(3000).total_w) <= 2  # re-based: the command did not jump
+    decision(1500)
+    decision(1500)
+    assert abs(grid_w) <= 10  # a new step lands without the 3 % residual
+
+
+def test_a_battery_that_does_not_follow_teaches_no_gain() -> None:
+    params = replace(PARAMS, trim_gain_per_s=0.5, trim_limit_w=300, tuning=QUICK)
+    state, battery_w = STATE, 0.0
+    for load_w in [-300.0] * 100 + [1500.0] * 100 + [-300.0] * 100 + [2500.0] * 100:
+        grid = even(load_w + battery_w)
+        output = decide(params, LawInputs(grid, even(battery_w), status(50), 0, "both", 0.2), state)
+        state, battery_w = output.state, min(0.0, float(output.total_w))  # full: it never charges
+    assert state.gain.correction == pytest.approx(0.0, abs=0.005)

@@ -199,6 +199,12 @@ async def test_keepalive_timeout_stops_notifications(
         assert len(probe.on(f"N/{pid}/heartbeat")) == heartbeats
         assert [value_of(m) for m in probe.on(f"N/{pid}/system/0/Dc/Battery/Soc")] == [12.0], "R read only"
         assert not any(m.payload == b"" for m in probe.received), "FlashMQ does not blank at the timeout"
+        venus.remove_service("battery", 512)
+        await wait_until(
+            lambda: [m.payload for m in probe.on(f"N/{pid}/battery/512/Soc")] == [b""],
+            2.0,
+            "vanish, not kept alive",
+        )
 
 
 def make_legacy(connection: MqttConnectionConfig, portal_id: str, **kwargs: object) -> VenusEmulator:
@@ -238,10 +244,12 @@ async def test_legacy_bridge_retains_values_and_expires_subscriptions(
             await asyncio.sleep(0.2)
         await probe.barrier(pid, "vebus/276/Mode")
         assert len(probe.on(state)) == republished
+        assert venus.full_publishes == 1
         await wait_until(lambda: probe.on(state)[-1].payload == b"", 2.0, "blanked at expiry")
         assert probe.on(f"N/{pid}/system/0/Serial")[-1].payload != b"", "the serial is never blanked"
         await probe.publish(f"R/{pid}/keepalive")
         await wait_until(lambda: probe.on(state)[-1].payload != b"", 2.0, "republished after expiry")
+        assert venus.full_publishes == 2
         assert not probe.on(f"N/{pid}/full_publish_completed")
         assert not probe.on(f"N/{pid}/heartbeat")
 

@@ -16,6 +16,7 @@ from tests.support.modbus_fixtures import janitza_config, load_janitza_sample
 from tests.support.proxy import LoopbackProxy
 from tests.support.waiting import wait_until
 from tests.test_venus_emulator import Probe
+from tests.test_victron_bridges import regulating, silences, victron_meter
 from watti_watchman.clock import monotonic
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.config.services import VictronGridFeederConfig
@@ -379,6 +380,10 @@ async def test_reregisters_at_once_after_a_driver_restart(
             await publish(topic, payload, retain=retain)
 
         provider.session.publish = watched  # type: ignore[method-assign]
+        multi = victron_meter(mqtt_connection, unique_id, k=1.0)  # field timers: max_age 10 s
+        multi.dialect_timeout_s = 0.3
+        r.start("multi", multi.run)
+        await wait_until(lambda: regulating(multi), 3, "the Multi regulating")
         await wait_until(r.all_written, 5, "all grid paths written")
         await wait_until(lambda: provider.dialect == mode, 3, "the bridge recognised")
         instance, sent = r.instance, len(keepalives.received)
@@ -392,6 +397,7 @@ async def test_reregisters_at_once_after_a_driver_restart(
         await wait_until(lambda: provider.vanished_total == 1, 5, "vanish noticed")
         await wait_until(r.all_written, 5, "registered and written again")
         assert unregistered_writes == [], "nothing written between the vanish notice and the new reply"
+        assert regulating(multi) and silences(multi) == 0, "the driver restart does not touch the Multi"
         assert r.instance == instance
         assert provider.failures.by_reason["no_reply"] >= 1, (
             "the Status sent while the driver was deaf is lost"

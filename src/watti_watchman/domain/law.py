@@ -8,7 +8,7 @@ out. Whatever the inputs, the setpoints respect the limits: the charging phases 
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Literal
 
@@ -94,9 +94,25 @@ class LawParameters:
 
 
 @dataclass(frozen=True, slots=True)
+class GainLearning:
+    """What the law has learned about the actuator: a Multi that delivers g × setpoint needs the
+    feed-forward scaled by 1 + correction (≈ 1/g − 1); the trim keeps only the offset."""
+
+    correction: float = 0.0
+    settled_s: float = 0.0
+    """How long the trim has been converged (s)."""
+    reference: tuple[float, float] | None = None
+    """(total feed-forward W, total trim W) at the last converged operating point."""
+
+
+NOTHING_LEARNED = GainLearning()
+"""Learning at start."""
+
+
+@dataclass(frozen=True, slots=True)
 class LawState:
     """What the law remembers: setpoints in force (W), trim per phase (W), quiet time (s), load G − B
-    and battery B of the last decision (W), what the BMS policy has seen."""
+    and battery B of the last decision (W), what the BMS policy has seen, the actuator's gain."""
 
     setpoints: PhaseSetpoints
     trim_w: Mapping[Phase, float]
@@ -104,6 +120,7 @@ class LawState:
     load: PowerSample | None
     battery: PowerSample | None = None
     bms: BmsTracking = NO_BMS_SEEN
+    gain: GainLearning = NOTHING_LEARNED
 
 
 def initial_state(phases: Sequence[Phase]) -> LawState:
@@ -299,12 +316,45 @@ def _next_trim(
     return result
 
 
+def _learn(
+    params: LawParameters,
+    gain: GainLearning,
+    feed_forward: Mapping[Phase, float],
+    trim: dict[Phase, float],
+    converged_dt_s: float | None,
+) -> tuple[GainLearning, dict[Phase, float]]:
+    """Learn the actuator's gain from converged operating points; the updated learning and trim.
+
+    A converged trim holds what the feed-forward (per phase, W) misses at that operating point.
+    Between two converged points `learn_step_w` apart, the change of the trim per W of feed-forward
+    is the gain error the correction has not covered yet: the correction takes it over (within
+    ±`max_gain_correction`) and the trim is re-based so that the command does not jump. Not
+    converged (`converged_dt_s` None): nothing is learned.
+    """
+    tuning = params.tuning
+    if converged_dt_s is None:
+        return replace(gain, settled_s=0.0), trim
+    settled_s = gain.settled_s + converged_dt_s
+    if settled_s < tuning.converged_s:
+        return replace(gain, settled_s=settled_s), trim
+    feed_forward_w, trim_w = sum(feed_forward.values()), sum(trim.values())
+    correction = gain.correction
+    if gain.reference is not None and abs(feed_forward_w - gain.reference[0]) >= tuning.learn_step_w:
+        slope = (trim_w - gain.reference[1]) / (feed_forward_w - gain.reference[0])
+        bound = tuning.max_gain_correction
+        correction = min(bound, max(-bound, gain.correction + slope))
+        learned = correction - gain.correction
+        limit_w = params.trim_limit_w / len(params.phases)
+        trim = {p: min(limit_w, max(-limit_w, trim[p] - learned * feed_forward[p])) for p in trim}
+        trim_w = sum(trim.values())
+    return GainLearning(correction, settled_s, (feed_forward_w, trim_w)), trim
+
+
 def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutput:
     """One decision of the law; pure and total (any inputs give setpoints within the limits)."""
-    dt_s = min(inputs.dt_s, params.tuning.max_dt_s) if math.isfinite(inputs.dt_s) and inputs.dt_s > 0 else 0.0
-    bms_use, bms = track_bms(
-        params.limits.bms_policy, inputs.status, state.bms, dt_s, params.tuning.bms_wait_s
-    )
+    tuning = params.tuning
+    dt_s = min(inputs.dt_s, tuning.max_dt_s) if math.isfinite(inputs.dt_s) and inputs.dt_s > 0 else 0.0
+    bms_use, bms = track_bms(params.limits.bms_policy, inputs.status, state.bms, dt_s, tuning.bms_wait_s)
     limits = power_limits(params.limits, inputs.status, inputs.mode, bms_use)
     phases = params.phases
     trim = {phase: state.trim_w.get(phase, 0.0) for phase in phases}
@@ -320,16 +370,19 @@ def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutp
             None,
             None,
             sum(trim.values()),
-            LawState(zero, trim, 0.0, None, None, bms),
+            LawState(zero, trim, 0.0, None, None, bms, replace(state.gain, settled_s=0.0)),
         )
     grid, battery = inputs.grid, inputs.battery
     target_w = inputs.target_w + params.import_bias_w
+    scale = 1.0 + state.gain.correction
+    count = len(phases)
+    feed_forward = {p: battery.phase_w(p) - grid.phase_w(p) + target_w / count for p in phases}
+    feed_forward_w = battery.total_w - grid.total_w + target_w
     if params.regulation == "total":
-        raw_w = battery.total_w - grid.total_w + target_w + sum(trim.values())
+        raw_w = feed_forward_w * scale + sum(trim.values())
         wanted = [raw_w]
     else:
-        count = len(phases)
-        wanted = [battery.phase_w(p) - grid.phase_w(p) + target_w / count + trim[p] for p in phases]
+        wanted = [feed_forward[p] * scale + trim[p] for p in phases]
         raw_w = sum(wanted)
     command = _shape(params, wanted, raw_w, limits, state, dt_s)
     previous = [state.setpoints.get(phase, 0) for phase in phases]
@@ -349,7 +402,6 @@ def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutp
         grid.l3_w - battery.l3_w,
         grid.total_w - battery.total_w,
     )
-    tuning = params.tuning
     transient = (
         _changed(params, load, state.load, tuning.transient_w)
         or _changed(params, battery, state.battery, tuning.steady_w)
@@ -357,7 +409,7 @@ def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutp
         or abs(sum(setpoints) - sum(previous)) > tuning.transient_w
     )
     quiet_s = 0.0 if transient else state.quiet_s + dt_s
-    share_w = target_w / len(phases)
+    share_w = target_w / count
     l1, l2, l3 = (share_w if phase in phases else 0.0 for phase in PHASES)
     target = PowerSample(l1, l2, l3, target_w)
     frozen = (
@@ -366,8 +418,13 @@ def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutp
         or command.slewed
         or _changed(params, grid, target, tuning.transient_w)
     )
-    if params.trim_gain_per_s > 0 and not frozen and quiet_s >= tuning.transient_hold_s:
+    integrating = params.trim_gain_per_s > 0 and not frozen and quiet_s >= tuning.transient_hold_s
+    if integrating:
         trim = _next_trim(params, grid, target_w, trim, dt_s)
+    converged = integrating and not _changed(params, grid, target, tuning.converged_w)
+    if params.regulation == "total":
+        feed_forward = dict.fromkeys(phases, feed_forward_w / count)
+    gain, trim = _learn(params, state.gain, feed_forward, trim, dt_s if converged else None)
     result = dict(zip(phases, setpoints, strict=True))
     return LawOutput(
         result,
@@ -378,5 +435,5 @@ def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutp
         battery.total_w,
         load.total_w,
         sum(trim.values()),
-        LawState(result, trim, quiet_s, load, battery, bms),
+        LawState(result, trim, quiet_s, load, battery, bms, gain),
     )

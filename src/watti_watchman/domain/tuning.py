@@ -26,6 +26,14 @@ class Tuning:
     """The trim integrates only after this long without a transient (s)."""
     max_dt_s: float = 1.0
     """Longer gaps between decisions count as this much time (s)."""
+    converged_w: float = 15.0
+    """The regulated error within this (W) while quiet and unclamped: the trim has converged ..."""
+    converged_s: float = 2.0
+    """... once that has lasted this long (s); converged operating points teach the gain correction."""
+    learn_step_w: float = 500.0
+    """Two converged operating points this far apart (W, total feed-forward) give a gain estimate."""
+    max_gain_correction: float = 0.15
+    """The learned actuator gain correction stays within ± this (a Multi within ±13 % of its setpoint)."""
     bms_wait_s: float = 10.0
     """`bms_limits: auto`: fresh battery status without BMS limits for this long since start means
     the installation has none (s); until then the safe default holds."""

@@ -49,7 +49,7 @@ class VictronMeter:
     GX liveness and alarms. Values arrive only on change (on the old dbus-mqtt bridge often only
     as retained messages): every stored value counts, retained or not. The GX is alive while a
     non-retained notification arrived within `max_age` — FlashMQ's 3 s heartbeat, or on the old
-    bridge (which has none) the answer to an `R/` probe read sent every `max_age / 3`. While
+    bridge (which has none) the answer to an `R/` probe read sent every `max_age / 4`. While
     alive, the current values are re-published on every heartbeat or probe answer; once it falls
     silent they go stale.
     """
@@ -175,7 +175,7 @@ class VictronMeter:
     async def _maintain(self) -> None:
         while True:
             reraise_swallowed_cancel()
-            tick_s = min(0.25, self.keepalive_interval_s / 4, self.config.max_age / 4)
+            tick_s = min(0.25, self.keepalive_interval_s / 4, self.config.max_age / 8)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(tick_s):
                     await self._wake.wait()
@@ -209,6 +209,8 @@ class VictronMeter:
 
     async def _keep_alive(self, now: float) -> None:
         if self._subscribed_in != self.session.connects_total:
+            if not self._alive(now):
+                self._values = VictronValues()  # older than max_age: the (re)subscription brings them anew
             await self.session.subscribe(f"N/{self.portal_id}/#")
             self._subscribed_in = self.session.connects_total
             self._need_full = True
@@ -222,7 +224,7 @@ class VictronMeter:
                 self.dialect_timeout_s,
             )
         if self._dialect != "flashmq" and (
-            self._probe_s is None or now - self._probe_s >= self.config.max_age / 3
+            self._probe_s is None or now - self._probe_s >= self.config.max_age / 4
         ):
             await self.session.publish(f"R/{self.portal_id}/{PROBE_PATH}", b"")
             self._probe_s = now
@@ -467,6 +469,12 @@ class VictronMeter:
             "keepalives sent by kind (full, suppress)",
             "kind",
             self.keepalives_by_kind,
+        )
+        yield self._counter(
+            "watti_victron_probes",
+            "R/ reads of Hub4Mode sent to prove the old dbus-mqtt bridge alive",
+            None,
+            {"": self.probes_total},
         )
         yield self._counter(
             "watti_victron_full_publishes",

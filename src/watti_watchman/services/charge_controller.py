@@ -99,7 +99,8 @@ class ChargeController:
         self._grid_seq = 0
         self._previous_grid_at_s: float | None = None
         self._commands: deque[tuple[float, PowerSample]] = deque()
-        """(write time s, battery power the write drives to: setpoint − trim), oldest first."""
+        """(write time s, battery power the write drives to: (setpoint − trim) / (1 + gain
+        correction)), oldest first."""
         self._stopping = False
         self._write_lock = asyncio.Lock()
         self._latency = Histogram(LATENCY_BUCKETS_S)
@@ -258,8 +259,8 @@ class ChargeController:
 
     def _remember(self, setpoints: PhaseSetpoints, now_s: float) -> None:
         """Keep the written command (as the battery power it drives to) for the pairing."""
-        trim = self._state.trim_w
-        l1, l2, l3 = (setpoints.get(phase, 0) - trim.get(phase, 0.0) for phase in PHASES)
+        trim, scale = self._state.trim_w, 1.0 + self._state.gain.correction
+        l1, l2, l3 = ((setpoints.get(phase, 0) - trim.get(phase, 0.0)) / scale for phase in PHASES)
         self._commands.append((now_s, PowerSample(l1, l2, l3, l1 + l2 + l3)))
         horizon_s = self.config.max_age + self.parameters.tuning.response_s
         while len(self._commands) > 1 and now_s - self._commands[1][0] > horizon_s:
@@ -423,6 +424,7 @@ class ChargeController:
                 "load_w": output.load_w,
                 "raw_w": output.raw_w,
                 "trim_w": output.trim_w,
+                "gain_correction": output.state.gain.correction,
                 "pairing_skew_s": decision.pairing_skew_s,
                 "setpoints_w": dict(output.setpoints),
             }

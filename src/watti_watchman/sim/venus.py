@@ -153,6 +153,7 @@ class VenusEmulator:
         self.writes: list[Write] = []
         self.keepalives_received = 0
         self.full_publishes = 0
+        """Republishes of everything: every empty keepalive on FlashMQ, a new subscription on dbus-mqtt."""
         self.heartbeats_sent = 0
         self.rejected_writes = 0
         self.string_writes = 0
@@ -250,9 +251,9 @@ class VenusEmulator:
         for path in [path for path in self._values if path.startswith(prefix)]:
             del self._values[path]
             if self.mode == "legacy":
-                self._unpublish(path)  # dbus-mqtt blanks a vanished service whatever the subscriptions
+                self._unpublish(path)  # both bridges blank a vanished service, kept alive or not
             else:
-                self._notify(path, b"")
+                self._send(f"N/{self.portal_id}/{path}", b"")
 
     @property
     def state(self) -> int | None:
@@ -421,6 +422,12 @@ class VenusEmulator:
         for path in sorted(self._values):
             self._publish(path)
 
+    def _subscribe_all(self) -> None:
+        """Everything (empty keepalive, Serial read): a republish only when it had expired."""
+        if self._subscribe(None):
+            self.full_publishes += 1
+            self._publish_all()
+
     def _subscribe(self, pattern: str | None) -> bool:
         """Add or refresh a subscription; True when it is new (then matching values are republished)."""
         new = pattern not in self._subscriptions
@@ -430,8 +437,7 @@ class VenusEmulator:
 
     def _legacy_keepalive(self, payload: bytes) -> None:
         if not payload:
-            if self._subscribe(None):
-                self._publish_all()
+            self._subscribe_all()
             return
         try:
             topics = json.loads(payload)
@@ -486,8 +492,7 @@ class VenusEmulator:
         if self.mode == "legacy" and kind == "R" and path == SERIAL_PATH:
             self.keepalives_received += 1
             self._queue[SERIAL_PATH] = _value_payload(self.portal_id)
-            if self._subscribe(None):
-                self._publish_all()
+            self._subscribe_all()
         elif kind == "R" and path in ("keepalive", SERIAL_PATH):
             self._on_keepalive(payload)
         elif kind == "R":
@@ -525,12 +530,11 @@ class VenusEmulator:
     def _full_publish(self, echo: object) -> None:
         self.full_publishes += 1
         for path, value in self._values.items():
-            self._send(f"N/{self.portal_id}/{path}", _value_payload(value), retain=path == "system/0/Serial")
-        if self.mode == "flashmq":
-            completed: dict[str, object] = {"value": round(self._clock())}
-            if echo is not None:
-                completed["full-publish-completed-echo"] = echo
-            self._send(f"N/{self.portal_id}/full_publish_completed", json.dumps(completed).encode())
+            self._send(f"N/{self.portal_id}/{path}", _value_payload(value), retain=path == SERIAL_PATH)
+        completed: dict[str, object] = {"value": round(self._clock())}
+        if echo is not None:
+            completed["full-publish-completed-echo"] = echo
+        self._send(f"N/{self.portal_id}/full_publish_completed", json.dumps(completed).encode())
 
     def _on_read(self, path: str) -> None:
         if self.mode == "legacy":  # one exact path, sent (not retained) with the next socket timer

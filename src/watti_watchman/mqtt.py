@@ -232,11 +232,12 @@ class MqttSession:
             client = self._require_client()
             await client.publish(topic, payload, qos=0, retain=retain)
         except (NotConnectedError, aiomqtt.MqttError) as error:
-            # aiomqtt's wait_for may have turned our cancellation into this error: callers that
-            # count a drop and carry on would outlive shutdown (task groups cancel only once).
-            reraise_swallowed_cancel()
             self.publish_drops_total += 1
             raise NotConnectedError(str(error)) from error
+        finally:
+            # aiomqtt's wait_for may have swallowed our cancellation (returning or raising): a
+            # caller that carries on would outlive shutdown (task groups cancel only once).
+            reraise_swallowed_cancel()
         self.publishes_total += 1
 
     async def close_gracefully(self, topic: str, payload: bytes | str, *, retain: bool = False) -> None:

@@ -21,6 +21,7 @@ from watti_watchman.clock import Clock, ManualClock, monotonic
 from watti_watchman.config.meters import JanitzaConfig, VictronConfig
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.config.services import ChargeControllerConfig, HassDynamicConfigConfig, HassFeederConfig
+from watti_watchman.devices.janitza import quantity_values
 from watti_watchman.domain.hass import (
     ALLOWED_SENSOR_CLASSES,
     CounterGuard,
@@ -55,6 +56,12 @@ def reading(**overrides: float) -> JanitzaReading:
     for key, value in overrides.items():
         values[next(q.index for q in JANITZA_QUANTITIES if q.key == key)] = value
     return reading_from_values(values, invert=False)
+
+
+def publish_reading(meter: JanitzaMeter, value: JanitzaReading) -> None:
+    """Hand `value` to the meter's consumers as its poller would (reading and table values)."""
+    meter.reading.publish(value)
+    meter.values.publish(quantity_values(value))
 
 
 def strict_json(payload: bytes) -> Any:
@@ -287,7 +294,12 @@ async def test_discovery_valid_complete_and_stable_across_restart(
         victron_state = strict_json(recorder.on(f"{unique_id}/multi/state")[-1])
         assert victron_state["hub4_mode"] == 3
         devices = {json.dumps(p["device"], sort_keys=True) for p in first.values()}
-        assert {json.loads(d)["name"] for d in devices} == {"hak", "battery", "multi", "charge_controller"}
+        assert {json.loads(d)["name"] for d in devices} == {
+            "hak",
+            "battery",
+            "multi",
+            "Charge controller (charge_controller)",
+        }
 
         recorder.messages.clear()
         feeder, settings = services()
@@ -304,7 +316,7 @@ async def test_birth_message_triggers_rediscovery_then_states(
 ) -> None:
     prefix = f"{unique_id}_ha"
     plant = make_plant(mqtt_connection, clock, unique_id)
-    plant.grid.reading.publish(reading())
+    publish_reading(plant.grid, reading())
     feeder = fast(HassFeeder(feeder_config(unique_id, update_interval=30), mqtt_connection, [plant.grid], []))
     async with recording(mqtt_connection) as recorder, running(feeder):
         state_topic = f"{unique_id}/hak/state"
@@ -339,14 +351,14 @@ async def test_states_hold_back_energy_regression_and_never_publish_non_finite(
         return [strict_json(p) for p in recorder.on(state_topic)]
 
     async with recording(mqtt_connection) as recorder, running(feeder):
-        plant.grid.reading.publish(reading())
+        publish_reading(plant.grid, reading())
         await wait_until(lambda: any(s["energy_import_sum"] == highest for s in states()), what="first state")
-        plant.grid.reading.publish(reading(energy_import_sum=highest - 500.0, voltage_l1_n=math.nan))
+        publish_reading(plant.grid, reading(energy_import_sum=highest - 500.0, voltage_l1_n=math.nan))
         await wait_until(lambda: states()[-1]["voltage_l1_n"] is None, what="NaN published as unknown")
         assert states()[-1]["energy_import_sum"] == highest
         assert metric(feeder, "watti_hass_energy_regressions_held_back_total") >= 1
         assert metric(feeder, "watti_hass_non_finite_suppressed_total") >= 1
-        plant.grid.reading.publish(reading(energy_import_sum=highest + 10.0))
+        publish_reading(plant.grid, reading(energy_import_sum=highest + 10.0))
         await wait_until(lambda: states()[-1]["energy_import_sum"] == highest + 10.0, what="rise passes")
         controller_state = strict_json(recorder.on(f"{unique_id}/charge_controller/state")[-1])
         assert controller_state["target"] == 0.0
@@ -432,7 +444,7 @@ async def test_last_will_marks_offline_when_the_connection_dies(
     await proxy.start()
     via_proxy = mqtt_connection.model_copy(update={"port": proxy.port})
     plant = make_plant(mqtt_connection, clock, unique_id)
-    plant.grid.reading.publish(reading())
+    publish_reading(plant.grid, reading())
     feeder = fast(HassFeeder(feeder_config(unique_id), via_proxy, [plant.grid], []))
     try:
         async with recording(mqtt_connection) as recorder, running(feeder):

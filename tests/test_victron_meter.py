@@ -24,6 +24,7 @@ from watti_watchman.domain.victron import (
 )
 from watti_watchman.meters.base import BatteryController, PowerMeter
 from watti_watchman.meters.victron import SUPPRESS_REPUBLISH, VictronMeter, VictronNotReadyError
+from watti_watchman.metrics import meter_table_families
 from watti_watchman.mqtt import NotConnectedError
 from watti_watchman.sim.venus import VenusEmulator
 
@@ -63,7 +64,7 @@ def samples(meter: VictronMeter, family: str) -> dict[tuple[str, ...], float]:
     """The samples of one metric family, keyed by label values."""
     found: dict[tuple[str, ...], float] = {}
     metric: Metric
-    for metric in meter.collect_metrics():
+    for metric in [*meter.collect_metrics(), *meter_table_families(meter)]:
         if metric.name == family:
             for sample in metric.samples:
                 found[tuple(sample.labels.values())] = sample.value

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from watti_watchman.meters.base import Meter
+from watti_watchman.meters.base import Source
 from watti_watchman.metrics import CONTENT_TYPE, Exposition
 
 logger = logging.getLogger("watti_watchman.http")
@@ -23,7 +23,7 @@ def _status_page() -> bytes:
 
 def build_http_app(
     exposition: Exposition,
-    meters: Sequence[Meter],
+    meters: Sequence[Source],
     status: StatusProvider,
     live: StatusProvider | None = None,
 ) -> web.Application:

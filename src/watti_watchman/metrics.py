@@ -5,8 +5,11 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from watti_watchman.domain.quantities import Quantity, QuantityValues
+from watti_watchman.meters.base import Meter
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 PHASES = ("l1", "l2", "l3")
@@ -35,6 +38,32 @@ class Histogram:
             *((f"{b:g}", float(c)) for b, c in zip(self.bounds_s, self.counts, strict=True)),
             ("+Inf", float(self.count)),
         ]
+
+
+def table_families(name: str, quantities: Iterable[Quantity], values: QuantityValues) -> Iterable[Metric]:
+    """One family per exported table metric, samples in table order (absent values: no sample)."""
+    families: dict[str, Metric] = {}
+    for quantity in quantities:
+        if quantity.metric is None:
+            continue
+        family = families.get(quantity.metric)
+        if family is None:
+            kind = CounterMetricFamily if quantity.metric_type == "counter" else GaugeMetricFamily
+            labels = ["name", *(label for label, _ in quantity.metric_labels)]
+            family = kind(quantity.metric, quantity.metric_help, labels=labels)
+            families[quantity.metric] = family
+        value = values.get(quantity.key)
+        if value is not None:
+            family.add_metric([name, *(v for _, v in quantity.metric_labels)], value * quantity.metric_scale)  # type: ignore[attr-defined]
+    return families.values()
+
+
+def meter_table_families(meter: Meter) -> Iterable[Metric]:
+    """A meter's table families with its current values while fresh; nothing while stale."""
+    newest = meter.values.snapshot()
+    if newest is None or not meter.is_fresh():
+        return ()
+    return table_families(meter.name, meter.quantities, newest.value)
 
 
 class MetricSource(Protocol):
@@ -84,8 +113,11 @@ class Exposition:
         """How long the previous render took (s); exported by the next one."""
 
     def add(self, source: MetricSource | Callable[[], Iterable[Metric]]) -> None:
-        """Register a metric source."""
+        """Register a metric source; a meter's quantity table is exported with it."""
         self.collector.add(source)
+        if isinstance(source, Meter):
+            meter = source
+            self.collector.add(lambda: meter_table_families(meter))
 
     def render(self) -> bytes:
         """Text exposition format 0.0.4 of the current snapshots."""

@@ -11,9 +11,9 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from watti_watchman.config.model import WattiConfig
 from watti_watchman.config.resolve import ResolvedConfig, resolve
 from watti_watchman.config.schema import build_schema
+from watti_watchman.registry import config_model
 
 PathElem = str | int
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -194,7 +194,7 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> ResolvedCon
     issues = _schema_issues(data, lines)
     if issues:
         raise ConfigError(issues)
-    config = WattiConfig.model_validate(data)
+    config = config_model().model_validate(data)
     return resolve(config, lines)
 
 

@@ -21,6 +21,7 @@ from pymodbus.framer import FramerType
 
 from watti_watchman.clock import Clock, monotonic
 from watti_watchman.config.meters import JanitzaConfig
+from watti_watchman.devices.janitza import QUANTITIES, quantity_values
 from watti_watchman.domain.janitza import (
     JANITZA_QUANTITIES,
     JANITZA_REGISTER_COUNT,
@@ -31,6 +32,7 @@ from watti_watchman.domain.janitza import (
     reading_from_values,
     rejection_reason,
 )
+from watti_watchman.domain.quantities import Quantity, QuantityValues
 from watti_watchman.domain.readings import PowerSample
 from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Latest
@@ -381,6 +383,8 @@ class JanitzaMeter:
         self._clock = clock
         self.reading: Latest[JanitzaReading] = Latest(clock)
         self.power: Latest[PowerSample] = Latest(clock)
+        self.quantities: tuple[Quantity, ...] = QUANTITIES
+        self.values: Latest[QuantityValues] = Latest(clock)
         self.schedule: PollSchedule = PhaseLockedSchedule(config.interval)
         self._logger = logging.getLogger(f"watti_watchman.janitza.{config.name}")
         self._failures = FailureLog(self._logger, clock)
@@ -471,6 +475,7 @@ class JanitzaMeter:
         self._last_published = reading
         self.reading.publish(reading, arrived_s)
         self.power.publish(reading.power_sample(), arrived_s)
+        self.values.publish(quantity_values(reading), arrived_s)
         self.decode_seconds += time.perf_counter() - decode_started
 
     def _confirms_static_values(self, arrived_s: float) -> bool:
@@ -490,16 +495,13 @@ class JanitzaMeter:
             self._sample_age.observe(age_s)
 
     def collect_metrics(self) -> Iterable[Metric]:
-        """Connection state, counters, sample age and — only while fresh — the 39 values."""
+        """Connection state, counters and sample age (the 39 values are exported from the table)."""
         labels = [self.name]
-        reading = self.reading.get(self.config.max_age)
         up = GaugeMetricFamily(
             "watti_janitza_up", "1 while readings are fresh (at most max_age old)", labels=["name"]
         )
-        up.add_metric(labels, 1.0 if reading is not None else 0.0)
+        up.add_metric(labels, 1.0 if self.is_fresh() else 0.0)
         yield up
-        if reading is not None:
-            yield from _value_families(self.name, reading)
         yield from self._counter_families()
         age = HistogramMetricFamily(
             "watti_janitza_sample_age_seconds",
@@ -589,26 +591,6 @@ class JanitzaMeter:
             "reconnects": self.reconnects,
             "errors": dict(self._failures.by_reason),
         }
-
-
-def _value_families(name: str, reading: JanitzaReading) -> Iterable[Metric]:
-    """One family per table metric, samples in register order."""
-    families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
-    for quantity in JANITZA_QUANTITIES:
-        family = families.get(quantity.metric)
-        if family is None:
-            family = _new_family(quantity)
-            families[quantity.metric] = family
-        labels = [name] if quantity.phase is None else [name, quantity.phase]
-        family.add_metric(labels, reading.value(quantity) * quantity.metric_scale)
-    return families.values()
-
-
-def _new_family(quantity: JanitzaQuantity) -> GaugeMetricFamily | CounterMetricFamily:
-    labels = ["name"] if quantity.phase is None else ["name", "phase"]
-    if quantity.metric_type == "counter":
-        return CounterMetricFamily(quantity.metric, quantity.metric_help, labels=labels)
-    return GaugeMetricFamily(quantity.metric, quantity.metric_help, labels=labels)
 
 
 def _classify(error: BaseException) -> str | None:

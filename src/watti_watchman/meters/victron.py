@@ -13,9 +13,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from watti_watchman.clock import Clock, monotonic
 from watti_watchman.config.meters import VictronConfig
 from watti_watchman.config.mqtt import MqttConnectionConfig
+from watti_watchman.devices.victron import QUANTITIES
+from watti_watchman.domain.quantities import Quantity, QuantityValues
 from watti_watchman.domain.readings import PHASES, BatteryStatus, PhaseSetpoints, PowerSample
 from watti_watchman.domain.victron import (
-    VALUES,
     VictronSnapshot,
     VictronValues,
     parse_payload,
@@ -56,6 +57,8 @@ class VictronMeter:
         self.battery: Latest[BatteryStatus] = Latest(clock)
         self.power: Latest[PowerSample] = Latest(clock)
         self.snapshot: Latest[VictronSnapshot] = Latest(clock)
+        self.quantities: tuple[Quantity, ...] = QUANTITIES
+        self.values: Latest[QuantityValues] = Latest(clock)
         self.portal_id: str | None = config.id
         self.keepalive_interval_s = 25.0
         """Keepalive period (s): `suppress-republish` on FlashMQ, empty on the old bridge (≤ 30)."""
@@ -336,6 +339,7 @@ class VictronMeter:
             return
         snapshot = self._build_snapshot()
         self.snapshot.publish(snapshot, now)
+        self.values.publish({k: v for k, v in snapshot.values.items() if v is not None}, now)
         status = snapshot.battery_status()
         if force or status != self._last_status:
             self.battery.publish(status, now)
@@ -378,7 +382,7 @@ class VictronMeter:
             self.alarms[reason] = on
 
     def collect_metrics(self) -> Iterable[Metric]:
-        """`watti_victron_*` families from memory; mapped values only while the GX is alive."""
+        """`watti_victron_*` families from memory (the mapped values are exported from the table)."""
         now = self._clock()
         name = [self.name]
         up = GaugeMetricFamily(
@@ -386,20 +390,6 @@ class VictronMeter:
         )
         up.add_metric(name, 1.0 if self._alive(now) else 0.0)
         yield up
-        snapshot = self.snapshot.get(self.config.max_age) if self._alive(now) else None
-        if snapshot is not None:
-            families: dict[str, GaugeMetricFamily] = {}
-            for spec in VALUES:
-                value = snapshot.values.get(spec.key)
-                family = families.get(spec.metric)
-                if family is None:
-                    family = GaugeMetricFamily(
-                        spec.metric, spec.help, labels=["name", *(k for k, _ in spec.labels)]
-                    )
-                    families[spec.metric] = family
-                if value is not None:
-                    family.add_metric([*name, *(v for _, v in spec.labels)], value * spec.scale)
-            yield from families.values()
         setpoint = GaugeMetricFamily(
             "watti_victron_setpoint_watts",
             "AC-in setpoint last written per phase (W, + = charge)",

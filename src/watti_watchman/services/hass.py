@@ -23,6 +23,7 @@ from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.config.services import HassDynamicConfigConfig, HassFeederConfig
 from watti_watchman.domain.hass import (
     AVAILABLE,
+    MANUFACTURER,
     NOT_AVAILABLE,
     CounterGuard,
     Discovery,
@@ -36,13 +37,11 @@ from watti_watchman.domain.hass import (
     select_discovery,
     sensor_discovery,
 )
-from watti_watchman.domain.janitza import JANITZA_QUANTITIES
+from watti_watchman.domain.quantities import Quantity
 from watti_watchman.domain.settings import MODES, SettingRejectedError, SettingsHolder
-from watti_watchman.domain.victron import VALUES as VICTRON_VALUES
 from watti_watchman.meters.base import Meter
-from watti_watchman.meters.janitza import JanitzaMeter
-from watti_watchman.meters.victron import VictronMeter
 from watti_watchman.mqtt import LastWill, MqttSession, NotConnectedError
+from watti_watchman.registry import DeviceLabel
 from watti_watchman.services.charge_controller import ChargeController
 
 logger = logging.getLogger("watti_watchman.hass")
@@ -54,43 +53,19 @@ RESTORE_TIMEOUT_S = 2.0
 MAX_COMMAND_BYTES = 64
 
 
-def janitza_specs() -> tuple[SensorSpec, ...]:
-    """One sensor per value of the Janitza block, straight from `JANITZA_QUANTITIES`."""
-    precision = {"V": 1, "A": 2, "W": 0, "VA": 0, "var": 0, "Hz": 2, "Wh": 0}
+def table_specs(quantities: Iterable[Quantity]) -> tuple[SensorSpec, ...]:
+    """One sensor per row of a meter's quantity table."""
     return tuple(
         SensorSpec(
             key=q.key,
             name=q.label,
-            unit=q.unit or None,
+            unit=q.unit,
             device_class=q.device_class,
             state_class=q.state_class,
-            precision=precision.get(q.unit, 3),
+            precision=q.precision,
+            diagnostic=q.diagnostic,
         )
-        for q in JANITZA_QUANTITIES
-    )
-
-
-_ACRONYMS = {"soc": "SOC", "ac": "AC", "dc": "DC", "bms": "BMS", "l1": "L1", "l2": "L2", "l3": "L3"}
-
-
-def _title(key: str) -> str:
-    words = [_ACRONYMS.get(word, word) for word in key.split("_")]
-    return " ".join([words[0][:1].upper() + words[0][1:], *words[1:]])
-
-
-def victron_specs() -> tuple[SensorSpec, ...]:
-    """One sensor per value of the Victron table; unclassified codes are diagnostic sensors."""
-    return tuple(
-        SensorSpec(
-            key=spec.key,
-            name=_title(spec.key),
-            unit=spec.unit,
-            device_class=spec.device_class,
-            state_class=spec.state_class,
-            precision=None if spec.device_class is None else 1,
-            diagnostic=spec.device_class is None,
-        )
-        for spec in VICTRON_VALUES
+        for q in quantities
     )
 
 
@@ -122,30 +97,21 @@ class _DeviceFeed:
     guard: CounterGuard = field(default_factory=CounterGuard)
 
 
-def _janitza_feed(meter: JanitzaMeter) -> _DeviceFeed:
+def _meter_feed(meter: Meter, label: DeviceLabel) -> _DeviceFeed:
     def read() -> Mapping[str, StateValue] | None:
-        newest = meter.reading.snapshot()
+        newest = meter.values.snapshot()
         if newest is None or not meter.is_fresh():
             return None
-        return {q.key: newest.value.value(q) for q in JANITZA_QUANTITIES}
+        values = newest.value
+        return {q.key: q.shown(values[q.key]) for q in meter.quantities if q.key in values}
 
-    device = HassDevice(object_id(meter.name), meter.name, "Janitza UMG", __version__, "Janitza")
-    return _DeviceFeed(device, janitza_specs(), read)
-
-
-def _victron_feed(meter: VictronMeter) -> _DeviceFeed:
-    def read() -> Mapping[str, StateValue] | None:
-        newest = meter.snapshot.snapshot()
-        if newest is None or not meter.is_fresh():
-            return None
-        return dict(newest.value.values)
-
-    device = HassDevice(object_id(meter.name), meter.name, "Victron GX (Venus OS)", __version__, "Victron")
-    return _DeviceFeed(device, victron_specs(), read)
+    device = HassDevice(object_id(meter.name), label.name, label.model, __version__, label.manufacturer)
+    return _DeviceFeed(device, table_specs(meter.quantities), read)
 
 
 def _controller_device(controller: ChargeController) -> HassDevice:
-    return HassDevice(object_id(controller.name), controller.name, "ChargeController", __version__)
+    name = f"Charge controller ({controller.name})"
+    return HassDevice(object_id(controller.name), name, "ChargeController", __version__)
 
 
 def _controller_feed(controller: ChargeController) -> _DeviceFeed:
@@ -313,19 +279,17 @@ class HassFeeder(_HassSession):
         meters: list[Meter],
         controllers: list[ChargeController],
         *,
+        labels: Mapping[str, DeviceLabel] | None = None,
         clock: Clock = monotonic,
     ) -> None:
         super().__init__(config.name, connection, config.discovery_prefix, config.base_topic, clock)
         self.config = config
         self.expire_after_s = expire_after_s(config.update_interval)
-        self.feeds: list[_DeviceFeed] = []
-        for meter in meters:
-            if isinstance(meter, JanitzaMeter):
-                self.feeds.append(_janitza_feed(meter))
-            elif isinstance(meter, VictronMeter):
-                self.feeds.append(_victron_feed(meter))
-            else:
-                logger.warning("%s: no Home Assistant entities for meter %r", self.name, meter.name)
+        known = labels or {}
+        self.feeds: list[_DeviceFeed] = [
+            _meter_feed(meter, known.get(meter.name) or DeviceLabel(meter.name, "meter", MANUFACTURER))
+            for meter in meters
+        ]
         self.feeds.extend(_controller_feed(controller) for controller in controllers)
         self.states_published: Counter[str] = Counter()
         self.non_finite_total = 0

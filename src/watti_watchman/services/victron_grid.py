@@ -1,9 +1,10 @@
-"""The Janitza grid meter as a virtual grid meter in Venus OS, through dbus-mqtt-devices (PROTOCOLS §4).
+"""A grid meter as a virtual grid meter in Venus OS, through dbus-mqtt-devices (PROTOCOLS §4).
 
 `VictronGridProvider` owns the MQTT session to the GX and keeps one `grid` service registered with
 the dbus-mqtt-devices driver (Status with a `connected: 0` last will, reply → write prefix,
 re-registration on reconnect, every `status_interval_s` and when the service vanishes).
-`VictronGridFeeder` writes fresh Janitza readings below that prefix: powers at most every
+`VictronGridFeeder` writes the fresh values of any meter whose quantity table has Venus grid
+paths (capability `grid_values`) below that prefix: powers at most every
 `power_interval`, the rest at most every `slow_interval`, `{"value": null}` once when the meter
 goes stale. Both run as their own tasks: a slow or lost GX broker never delays the control loop.
 """
@@ -23,15 +24,10 @@ from watti_watchman.clock import Clock, monotonic
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.config.services import VictronGridFeederConfig
 from watti_watchman.domain.hass import CounterGuard
-from watti_watchman.domain.janitza import (
-    JANITZA_QUANTITIES,
-    MONOTONIC_ENERGY_KEYS,
-    JanitzaQuantity,
-    JanitzaReading,
-)
+from watti_watchman.domain.quantities import Quantity, QuantityValues
 from watti_watchman.failures import FailureLog, OnceLog
 from watti_watchman.latest import Stamped
-from watti_watchman.meters.janitza import JanitzaMeter
+from watti_watchman.meters.base import GridMeter
 from watti_watchman.mqtt import LastWill, MqttSession, NotConnectedError
 from watti_watchman.supervisor import Backoff, reraise_swallowed_cancel
 
@@ -55,24 +51,21 @@ EARLY_FRACTION = 0.25
 _DECIMALS = {"W": 1, "V": 2, "A": 3, "Hz": 3, "Wh": 3}
 """Decimals written per table unit (energy is written in kWh: 3 decimals = Wh resolution)."""
 
-POWER_QUANTITIES: tuple[JanitzaQuantity, ...] = tuple(
-    sorted(
-        (q for q in JANITZA_QUANTITIES if q.venus_path and q.quantity == "real_power"),
-        key=lambda q: q.phase is None,
-    )
-)
-"""Per-phase powers first (systemcalc reads them), then `Ac/Power`."""
-SLOW_QUANTITIES: tuple[JanitzaQuantity, ...] = tuple(
-    q for q in JANITZA_QUANTITIES if q.venus_path and q.quantity != "real_power"
-)
-"""Voltages, currents, frequency and the import (Forward) / export (Reverse) energies."""
-ALL_QUANTITIES: tuple[JanitzaQuantity, ...] = (*POWER_QUANTITIES, *SLOW_QUANTITIES)
-"""Every value the grid service takes (19 paths)."""
+
+def grid_quantities(quantities: Sequence[Quantity]) -> tuple[tuple[Quantity, ...], tuple[Quantity, ...]]:
+    """(power, slow) rows of a table that have Venus grid paths.
+
+    Power (W) per phase first (systemcalc reads them), then `Ac/Power`; slow: voltages, currents,
+    frequency and the import (Forward) / export (Reverse) energies.
+    """
+    paths = [q for q in quantities if q.venus_path]
+    power = sorted((q for q in paths if q.unit == "W"), key=lambda q: q.venus_path == "Ac/Power")
+    return tuple(power), tuple(q for q in paths if q.unit != "W")
 
 
-def venus_value(quantity: JanitzaQuantity, value: float) -> float:
+def venus_value(quantity: Quantity, value: float) -> float:
     """A table value in the Venus unit (Wh → kWh), rounded to the resolution worth sending."""
-    return round(value * quantity.venus_scale, _DECIMALS[quantity.unit])
+    return round(value * quantity.venus_scale, _DECIMALS.get(quantity.unit or "", 3))
 
 
 def value_payload(value: float | None) -> bytes:
@@ -112,7 +105,7 @@ class _ValueClass:
     """One class of writes: its paths, its rate limit and the sequence number of the reading last written."""
 
     kind: WriteClass
-    quantities: tuple[JanitzaQuantity, ...]
+    quantities: tuple[Quantity, ...]
     throttle: _Throttle
     seq: int = 0
 
@@ -412,7 +405,7 @@ class VictronGridProvider:
 
 
 class VictronGridFeeder:
-    """Writes the fresh readings of a Janitza grid meter to a dbus-mqtt-devices grid service.
+    """Writes the fresh values of a grid meter to a dbus-mqtt-devices grid service.
 
     Power (W, + = import) per phase and total at most every `power_interval` s; voltage (V),
     current (A), frequency (Hz) and energy (kWh; Forward = import, Reverse = export, after the
@@ -424,7 +417,7 @@ class VictronGridFeeder:
         self,
         config: VictronGridFeederConfig,
         connection: MqttConnectionConfig,
-        grid_meter: JanitzaMeter,
+        grid_meter: GridMeter,
         *,
         clock: Clock = monotonic,
     ) -> None:
@@ -440,9 +433,12 @@ class VictronGridFeeder:
             write_prefix=config.write_prefix,
             clock=clock,
         )
+        self.power_quantities, self.slow_quantities = grid_quantities(grid_meter.quantities)
+        self.all_quantities = (*self.power_quantities, *self.slow_quantities)
+        """Every value the grid service takes, power first."""
         self._classes = (
-            _ValueClass("power", POWER_QUANTITIES, _Throttle(config.power_interval)),
-            _ValueClass("slow", SLOW_QUANTITIES, _Throttle(config.slow_interval)),
+            _ValueClass("power", self.power_quantities, _Throttle(config.power_interval)),
+            _ValueClass("slow", self.slow_quantities, _Throttle(config.slow_interval)),
         )
         self._generation = 0
         self._invalidated = True
@@ -469,11 +465,11 @@ class VictronGridFeeder:
             self._stopping = True
             prefix = self.provider.write_prefix
             if self.provider.state == "fixed" and prefix is not None and not self._invalidated:
-                await self._publish_round(prefix, [(q, None) for q in ALL_QUANTITIES], "invalidate")
+                await self._publish_round(prefix, [(q, None) for q in self.all_quantities], "invalidate")
         await self.provider.shutdown()
 
     async def _feed_loop(self) -> None:
-        latest = self.grid_meter.reading
+        latest = self.grid_meter.values
         while True:
             seen = latest.seq
             wait_s = await self._step()
@@ -493,10 +489,10 @@ class VictronGridFeeder:
                     value_class.throttle.reset()
                     value_class.seq = 0
                 self._invalidated = False  # the GX may still hold our last values (broker restart)
-            stamped = self.grid_meter.reading.snapshot()
+            stamped = self.grid_meter.values.snapshot()
             if stamped is None or not self.grid_meter.is_fresh():
                 if not self._invalidated:
-                    nulls = [(q, None) for q in ALL_QUANTITIES]
+                    nulls = [(q, None) for q in self.all_quantities]
                     self._invalidated = await self._publish_round(prefix, nulls, "invalidate")
                 return idle_s
             now_s = self._clock()
@@ -508,19 +504,18 @@ class VictronGridFeeder:
                 for value_class in self._classes
                 if stamped.seq > value_class.seq
             ]
-            stale_in_s = stamped.at_s + self.grid_meter.config.max_age - now_s
-            return max(0.001, min([idle_s, stale_in_s, *pending]))
+            return max(0.001, min([idle_s, *pending]))
 
     async def _write_values(
-        self, prefix: str, stamped: Stamped[JanitzaReading], value_class: _ValueClass
+        self, prefix: str, stamped: Stamped[QuantityValues], value_class: _ValueClass
     ) -> None:
         """Write one class of values of `stamped` (energy counters never go down); throttle on success."""
-        values: list[tuple[JanitzaQuantity, float | None]] = []
+        values: list[tuple[Quantity, float | None]] = []
         for quantity in value_class.quantities:
-            value = stamped.value.value(quantity)
-            if quantity.key in MONOTONIC_ENERGY_KEYS:
+            value = stamped.value.get(quantity.key)
+            if value is not None and quantity.is_counter:
                 value = self._guard.admit(quantity.key, value)
-            values.append((quantity, venus_value(quantity, value)))
+            values.append((quantity, None if value is None else venus_value(quantity, value)))
         if not await self._publish_round(prefix, values, value_class.kind):
             return
         now_s = self._clock()
@@ -530,7 +525,7 @@ class VictronGridFeeder:
         self.last_write_s = now_s
 
     async def _publish_round(
-        self, prefix: str, values: Sequence[tuple[JanitzaQuantity, float | None]], kind: WriteClass
+        self, prefix: str, values: Sequence[tuple[Quantity, float | None]], kind: WriteClass
     ) -> bool:
         """Publish `{"value": …}` to `<prefix>/<venus path>` for each; False when the connection is gone."""
         try:

@@ -32,6 +32,7 @@ from watti_watchman.domain.hass import (
     validate_discovery,
 )
 from watti_watchman.domain.janitza import JANITZA_QUANTITIES, JanitzaReading, reading_from_values
+from watti_watchman.domain.settings import RuntimeSettings, SettingRejectedError, SettingsHolder, TargetRange
 from watti_watchman.domain.victron import VALUES as VICTRON_VALUES
 from watti_watchman.meters.base import Meter
 from watti_watchman.meters.janitza import JanitzaMeter
@@ -212,6 +213,14 @@ def metric(service: HassFeeder | HassDynamicConfig, name: str, **labels: str) ->
     return total
 
 
+def test_target_snaps_to_the_advertised_step() -> None:
+    holder = SettingsHolder(RuntimeSettings(0.0, "both"), TargetRange(min_w=-100.0, max_w=100.0, step_w=10.0))
+    assert holder.set_target("14").target_w == 10.0
+    assert holder.set_target(-95.1).target_w == -100.0
+    with pytest.raises(SettingRejectedError):
+        holder.set_target(100.1)
+
+
 def test_allowed_table_and_state_rules() -> None:
     """The validator enforces PROTOCOLS §5; states carry no non-finite value and no counter regression."""
     check_sensor_classes("energy", "kWh", "total_increasing")
@@ -293,6 +302,8 @@ async def test_discovery_valid_complete_and_stable_across_restart(
         assert grid_state["real_power_sum"] == pytest.approx(SAMPLE[13])
         victron_state = strict_json(recorder.on(f"{unique_id}/multi/state")[-1])
         assert victron_state["hub4_mode"] == 3
+        assert isinstance(victron_state["hub4_mode"], int), "codes are shown as integers"
+        assert not any("has_entity_name" in payload for payload in first.values())
         devices = {json.dumps(p["device"], sort_keys=True) for p in first.values()}
         assert {json.loads(d)["name"] for d in devices} == {
             "hak",

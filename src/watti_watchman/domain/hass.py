@@ -162,7 +162,6 @@ def _common(
     payload: dict[str, Any] = {
         "name": name,
         "unique_id": device.unique_id(key),
-        "has_entity_name": True,
         "availability_topic": availability_topic,
         "payload_available": AVAILABLE,
         "payload_not_available": NOT_AVAILABLE,

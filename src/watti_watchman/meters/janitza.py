@@ -23,10 +23,8 @@ from watti_watchman.clock import Clock, monotonic
 from watti_watchman.config.meters import JanitzaConfig
 from watti_watchman.devices.janitza import QUANTITIES, quantity_values
 from watti_watchman.domain.janitza import (
-    JANITZA_QUANTITIES,
     JANITZA_REGISTER_COUNT,
     JANITZA_VALUE_COUNT,
-    JanitzaQuantity,
     JanitzaReading,
     decode_registers,
     reading_from_values,
@@ -604,38 +602,3 @@ def _classify(error: BaseException) -> str | None:
     if isinstance(error, OSError):
         return "connection_lost"
     return None
-
-
-# --- commissioning --------------------------------------------------------------------------------
-
-_DECIMALS = {"V": 1, "A": 2, "W": 1, "VA": 1, "var": 1, "": 3, "Hz": 2, "Wh": 0}
-_ROTATION = {1: "right", 0: "none", -1: "left"}
-
-
-def format_reading(reading: JanitzaReading) -> str:
-    """A table of one reading: a line per quantity with L1, L2, L3 and sum/total columns, with units."""
-    rows: dict[str, list[str]] = {}
-    for quantity in JANITZA_QUANTITIES:
-        title = _row_title(quantity)
-        cells = rows.setdefault(title, ["", "", "", ""])
-        column = 3 if quantity.phase is None else (int(quantity.phase[1]) - 1)
-        cells[column] = _format_value(quantity, reading.value(quantity))
-    header = f"{'quantity':<20}{'L1':>14}{'L2':>14}{'L3':>14}{'sum/total':>16}"
-    lines = [header, "-" * len(header)]
-    lines.extend(f"{title:<20}{c[0]:>14}{c[1]:>14}{c[2]:>14}{c[3]:>16}" for title, c in rows.items())
-    if reading.inverted:
-        lines.append("(invert: powers negated, import/export swapped)")
-    return "\n".join(lines)
-
-
-def _row_title(quantity: JanitzaQuantity) -> str:
-    if quantity.quantity == "voltage":
-        return "voltage L-L" if quantity.phase and "_" in quantity.phase else "voltage L-N"
-    return quantity.quantity.replace("_", " ")
-
-
-def _format_value(quantity: JanitzaQuantity, value: float) -> str:
-    if quantity.quantity == "rotation_field":
-        return _ROTATION.get(round(value), f"{value:g}")
-    text = f"{value:.{_DECIMALS[quantity.unit]}f}"
-    return f"{text} {quantity.unit}" if quantity.unit else text

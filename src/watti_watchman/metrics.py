@@ -1,69 +1,89 @@
-"""Prometheus exposition from in-memory snapshots: components yield families, merged here."""
+"""Prometheus exposition (text format 0.0.4) rendered from prepared families.
+
+Components yield prometheus_client families from `collect_metrics()` (their own counters, built
+with `snapshot` or prometheus_client's `Counter`/`Histogram`); a meter's quantity table is
+rendered from families prepared once per meter and re-formatted only when its values change.
+Header lines and series prefixes are built once and cached, so a scrape costs little more than
+formatting the numbers. Same-named families from several sources become one block (one
+HELP/TYPE). The output is byte-for-byte what prometheus_client's `generate_latest` writes for
+the same families, except that `_created` samples are left out.
+"""
 
 import time
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain
+from typing import Literal, Protocol
 
-from prometheus_client import CollectorRegistry, generate_latest
+import prometheus_client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.utils import floatToGoString
 
-from watti_watchman.domain.quantities import Quantity, QuantityValues
 from watti_watchman.meters.base import Meter
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
-PHASES = ("l1", "l2", "l3")
+MAX_CACHED_SERIES = 20_000
+"""The series prefix cache is emptied beyond this many entries (label values that keep changing)."""
+
+Kind = Literal["gauge", "counter"]
+Block = tuple[str, str, Sequence[str]]
+"""One family's contribution: (exposed name, HELP/TYPE header, sample lines)."""
+Emit = Callable[[], Iterable[Block]]
+
+
+def format_value(value: float) -> str:
+    """A sample value exactly as prometheus_client writes it (`repr`, Go style beyond 1e6)."""
+    number = float(value)
+    if -1e6 < number < 1e6:
+        return repr(number)
+    return str(floatToGoString(number))  # type: ignore[no-untyped-call]
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", r"\\").replace("\n", r"\n")
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def header(exposed_name: str, documentation: str, kind: str) -> str:
+    """The `# HELP` and `# TYPE` lines of one family."""
+    return f"# HELP {exposed_name} {_escape_help(documentation)}\n# TYPE {exposed_name} {kind}\n"
+
+
+def series_prefix(sample_name: str, labels: Iterable[tuple[str, str]]) -> str:
+    """`name{a="x",b="y"} ` (labels sorted by name, values escaped) — a sample line without its value."""
+    pairs = sorted(labels)
+    if not pairs:
+        return f"{sample_name} "
+    inner = ",".join(f'{key}="{_escape_label(value)}"' for key, value in pairs)
+    return f"{sample_name}{{{inner}}} "
+
+
+def snapshot(kind: Kind, name: str, documentation: str, labels: Sequence[str]) -> Metric:
+    """An empty gauge or counter family (counters named without `_total`) to `add_metric` to."""
+    if kind == "counter":
+        return CounterMetricFamily(name, documentation, labels=labels)
+    return GaugeMetricFamily(name, documentation, labels=labels)
 
 
 class Histogram:
-    """Cumulative-bucket histogram of seconds, rendered through a HistogramMetricFamily."""
+    """prometheus_client's own Histogram for one component (its `name` label), seconds."""
 
-    def __init__(self, bounds_s: tuple[float, ...]) -> None:
-        self.bounds_s = bounds_s
-        self.counts = [0] * len(bounds_s)
-        self.count = 0
-        self.sum_s = 0.0
+    def __init__(self, name: str, documentation: str, component: str, bounds_s: Sequence[float]) -> None:
+        self._family = prometheus_client.Histogram(
+            name, documentation, ["name"], buckets=tuple(bounds_s), registry=None
+        )
+        self._series = self._family.labels(component)
 
     def observe(self, value_s: float) -> None:
         """Count one observation (s)."""
-        self.count += 1
-        self.sum_s += value_s
-        for index, bound in enumerate(self.bounds_s):
-            if value_s <= bound:
-                self.counts[index] += 1
+        self._series.observe(value_s)
 
-    def buckets(self) -> list[tuple[str, float]]:
-        """Cumulative (upper bound, count) pairs ending with +Inf."""
-        return [
-            *((f"{b:g}", float(c)) for b, c in zip(self.bounds_s, self.counts, strict=True)),
-            ("+Inf", float(self.count)),
-        ]
-
-
-def table_families(name: str, quantities: Iterable[Quantity], values: QuantityValues) -> Iterable[Metric]:
-    """One family per exported table metric, samples in table order (absent values: no sample)."""
-    families: dict[str, Metric] = {}
-    for quantity in quantities:
-        if quantity.metric is None:
-            continue
-        family = families.get(quantity.metric)
-        if family is None:
-            kind = CounterMetricFamily if quantity.metric_type == "counter" else GaugeMetricFamily
-            labels = ["name", *(label for label, _ in quantity.metric_labels)]
-            family = kind(quantity.metric, quantity.metric_help, labels=labels)
-            families[quantity.metric] = family
-        value = values.get(quantity.key)
-        if value is not None:
-            family.add_metric([name, *(v for _, v in quantity.metric_labels)], value * quantity.metric_scale)  # type: ignore[attr-defined]
-    return families.values()
-
-
-def meter_table_families(meter: Meter) -> Iterable[Metric]:
-    """A meter's table families with its current values while fresh; nothing while stale."""
-    newest = meter.values.snapshot()
-    if newest is None or not meter.is_fresh():
-        return ()
-    return table_families(meter.name, meter.quantities, newest.value)
+    def collect(self) -> Iterable[Metric]:
+        """The family (`_bucket`, `_count`, `_sum`)."""
+        return self._family.collect()
 
 
 class MetricSource(Protocol):
@@ -74,54 +94,102 @@ class MetricSource(Protocol):
         ...
 
 
-class MergingCollector:
-    """One prometheus_client collector over many sources; same-named families are merged.
+class _TableExport:
+    """A meter's quantity table as families prepared once; lines re-formatted only for new values."""
 
-    Merging keeps each family contiguous with one HELP/TYPE even when several meters of one
-    type export it.
-    """
+    def __init__(self, meter: Meter) -> None:
+        self.meter = meter
+        rows: dict[str, tuple[str, str, list[tuple[str, str, float]]]] = {}
+        for quantity in meter.quantities:
+            if quantity.metric is None:
+                continue
+            counter = quantity.metric_type == "counter"
+            exposed = quantity.metric + "_total" if counter else quantity.metric
+            family = rows.setdefault(
+                exposed, (exposed, header(exposed, quantity.metric_help, quantity.metric_type), [])
+            )
+            prefix = series_prefix(exposed, [("name", meter.name), *quantity.metric_labels])
+            family[2].append((quantity.key, prefix, quantity.metric_scale))
+        self._families = tuple(rows.values())
+        self._seq = -1
+        self._blocks: list[Block] = []
 
-    def __init__(self) -> None:
-        self._sources: list[Callable[[], Iterable[Metric]]] = []
-
-    def add(self, source: MetricSource | Callable[[], Iterable[Metric]]) -> None:
-        """Register a source (an object with `collect_metrics` or a plain callable)."""
-        collect: Callable[[], Iterable[Metric]] = getattr(source, "collect_metrics", None) or source  # type: ignore[assignment]
-        self._sources.append(collect)
-
-    def collect(self) -> Iterable[Metric]:
-        """prometheus_client hook: every source's families, merged by name."""
-        merged: dict[str, Metric] = {}
-        for collect in self._sources:
-            for family in collect():
-                existing = merged.get(family.name)
-                if existing is None:
-                    merged[family.name] = family
-                else:
-                    existing.samples.extend(family.samples)
-        return merged.values()
+    def emit(self) -> Iterable[Block]:
+        """The table's families while the meter is fresh, else nothing."""
+        newest = self.meter.values.snapshot()
+        if newest is None or not self.meter.is_fresh():
+            return ()
+        if newest.seq != self._seq:
+            values = newest.value
+            self._blocks = [
+                (
+                    name,
+                    head,
+                    [
+                        f"{prefix}{format_value(values[key] * scale)}\n"
+                        for key, prefix, scale in rows
+                        if key in values
+                    ],
+                )
+                for name, head, rows in self._families
+            ]
+            self._seq = newest.seq
+        return self._blocks
 
 
 class Exposition:
     """The /metrics body, rendered on demand from the registered sources."""
 
     def __init__(self) -> None:
-        self.collector = MergingCollector()
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self.collector)
+        self._emitters: list[Emit] = []
+        self._headers: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self._prefixes: dict[tuple[object, ...], str] = {}
         self.last_render_s = 0.0
         """How long the previous render took (s); exported by the next one."""
 
     def add(self, source: MetricSource | Callable[[], Iterable[Metric]]) -> None:
         """Register a metric source; a meter's quantity table is exported with it."""
-        self.collector.add(source)
+        collect: Callable[[], Iterable[Metric]] = getattr(source, "collect_metrics", None) or source  # type: ignore[assignment]
+        self._emitters.append(lambda: self._blocks(collect()))
         if isinstance(source, Meter):
-            meter = source
-            self.collector.add(lambda: meter_table_families(meter))
+            self._emitters.append(_TableExport(source).emit)
+
+    def _blocks(self, families: Iterable[Metric]) -> Iterator[Block]:
+        for family in families:
+            key = (family.name, family.type, family.documentation)
+            known = self._headers.get(key)
+            if known is None:
+                exposed = family.name + "_total" if family.type == "counter" else family.name
+                known = self._headers[key] = (exposed, header(exposed, family.documentation, family.type))
+            yield known[0], known[1], self._lines(family)
+
+    def _lines(self, family: Metric) -> list[str]:
+        created = family.name + "_created"
+        prefixes = self._prefixes
+        lines = []
+        for sample in family.samples:
+            if sample.name == created:
+                continue
+            key = (sample.name, *sample.labels.items())
+            prefix = prefixes.get(key)
+            if prefix is None:
+                if len(prefixes) >= MAX_CACHED_SERIES:
+                    prefixes.clear()
+                prefix = prefixes[key] = series_prefix(sample.name, sample.labels.items())
+            lines.append(f"{prefix}{format_value(sample.value)}\n")
+        return lines
 
     def render(self) -> bytes:
         """Text exposition format 0.0.4 of the current snapshots."""
         started = time.perf_counter()
-        body: bytes = generate_latest(self.registry)
+        merged: dict[str, list[str]] = {}
+        for emit in self._emitters:
+            for name, head, lines in emit():
+                block = merged.get(name)
+                if block is None:
+                    merged[name] = [head, *lines]
+                else:
+                    block.extend(lines)
+        body = "".join(chain.from_iterable(merged.values())).encode()
         self.last_render_s = time.perf_counter() - started
         return body

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.framer import FramerType
@@ -400,7 +400,12 @@ class JanitzaMeter:
         self.read_seconds = 0.0
         self.decode_seconds = 0.0
         self.sample_ages_s: deque[float] = deque(maxlen=1000)
-        self._sample_age = Histogram(SAMPLE_AGE_BUCKETS_S)
+        self._sample_age = Histogram(
+            "watti_janitza_sample_age_seconds",
+            "Time from the estimated refresh of the meter's values to the arrival of the reply (s)",
+            config.name,
+            SAMPLE_AGE_BUCKETS_S,
+        )
 
     @property
     def errors_by_reason(self) -> Mapping[str, int]:
@@ -501,13 +506,7 @@ class JanitzaMeter:
         up.add_metric(labels, 1.0 if self.is_fresh() else 0.0)
         yield up
         yield from self._counter_families()
-        age = HistogramMetricFamily(
-            "watti_janitza_sample_age_seconds",
-            "Time from the estimated refresh of the meter's values to the arrival of the reply (s)",
-            labels=["name"],
-        )
-        age.add_metric(labels, self._sample_age.buckets(), self._sample_age.sum_s)
-        yield age
+        yield from self._sample_age.collect()
         mode = GaugeMetricFamily(
             "watti_janitza_poll_mode", "1 for the current polling mode", labels=["name", "mode"]
         )

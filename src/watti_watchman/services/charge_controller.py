@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from watti_watchman.clock import Clock, monotonic
 from watti_watchman.config.services import ChargeControllerConfig
@@ -109,7 +109,12 @@ class ChargeController:
         """(write time s, battery power the write drives to: setpoint − trim), oldest first."""
         self._stopping = False
         self._write_lock = asyncio.Lock()
-        self._latency = Histogram(LATENCY_BUCKETS_S)
+        self._latency = Histogram(
+            "watti_controller_decision_latency_seconds",
+            "Grid sample arrival to setpoint write done (s)",
+            config.name,
+            LATENCY_BUCKETS_S,
+        )
         self._failures = FailureLog(logger, clock)
 
     @property
@@ -300,13 +305,7 @@ class ChargeController:
         for phase, value in (self._applied or {}).items():
             setpoint.add_metric([self.name, phase.lower()], float(value))
         yield setpoint
-        latency = HistogramMetricFamily(
-            "watti_controller_decision_latency_seconds",
-            "Grid sample arrival to setpoint write done (s)",
-            labels=["name"],
-        )
-        latency.add_metric(labels, self._latency.buckets(), self._latency.sum_s)
-        yield latency
+        yield from self._latency.collect()
         decisions = CounterMetricFamily("watti_controller_decisions", "Decisions taken", labels=["name"])
         decisions.add_metric(labels, float(self.decisions_total))
         yield decisions

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from watti_watchman import __version__
 from watti_watchman.clock import Clock, monotonic
@@ -19,7 +19,7 @@ from watti_watchman.config.services import (
 )
 from watti_watchman.http import HttpServer, build_http_app
 from watti_watchman.meters.base import BatteryController, Component, GridMeter, Meter, PowerMeter
-from watti_watchman.metrics import Exposition
+from watti_watchman.metrics import Exposition, Families
 from watti_watchman.registry import BuildContext, device_labels, device_type
 from watti_watchman.services.charge_controller import ChargeController
 from watti_watchman.supervisor import cancel_and_wait
@@ -66,6 +66,7 @@ class Application:
             self.meters, self.services, list(self.controllers.values()), clock=clock, dry_run=dry_run
         )
         self.exposition = Exposition()
+        self._families = Families()
         self.exposition.add(self._own_metrics)
         for meter in self.meters.values():
             self.exposition.add(meter)
@@ -130,17 +131,14 @@ class Application:
         raise TypeError(f"no service for {config!r}")  # pragma: no cover - schema prevents it
 
     def _own_metrics(self) -> Iterable[Metric]:
-        info = GaugeMetricFamily("watti_build_info", "WattiWatchman version", labels=["version"])
-        info.add_metric([__version__], 1.0)
-        yield info
-        dry = GaugeMetricFamily("watti_dry_run", "1 when setpoints are computed but not written")
-        dry.add_metric([], 1.0 if self.dry_run else 0.0)
-        yield dry
-        render = GaugeMetricFamily(
-            "watti_metrics_render_seconds", "Time the previous /metrics render took (s)"
+        families = self._families
+        yield families.gauge("watti_build_info", "WattiWatchman version", ("version",)).one(1.0, __version__)
+        dry_run = families.gauge("watti_dry_run", "1 when setpoints are computed but not written", ())
+        yield dry_run.one(1.0 if self.dry_run else 0.0)
+        render = families.gauge(
+            "watti_metrics_render_seconds", "Time the previous /metrics render took (s)", ()
         )
-        render.add_metric([], self.exposition.last_render_s)
-        yield render
+        yield render.one(self.exposition.last_render_s)
 
     async def _shutdown_services(self) -> None:
         """Let services hand control back (controllers write 0 W) while meters still run."""

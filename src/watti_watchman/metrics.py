@@ -1,7 +1,7 @@
 """Prometheus exposition (text format 0.0.4) rendered from prepared families.
 
-Components yield prometheus_client families from `collect_metrics()` (their own counters, built
-with `snapshot` or prometheus_client's `Counter`/`Histogram`); a meter's quantity table is
+Components yield prometheus_client families from `collect_metrics()` (their own state, as
+prepared `Family` snapshots or prometheus_client's `Histogram`); a meter's quantity table is
 rendered from families prepared once per meter and re-formatted only when its values change.
 Header lines and series prefixes are built once and cached, so a scrape costs little more than
 formatting the numbers. Same-named families from several sources become one block (one
@@ -15,8 +15,9 @@ from itertools import chain
 from typing import Literal, Protocol
 
 import prometheus_client
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from watti_watchman.meters.base import Meter
@@ -61,11 +62,78 @@ def series_prefix(sample_name: str, labels: Iterable[tuple[str, str]]) -> str:
     return f"{sample_name}{{{inner}}} "
 
 
-def snapshot(kind: Kind, name: str, documentation: str, labels: Sequence[str]) -> Metric:
-    """An empty gauge or counter family (counters named without `_total`) to `add_metric` to."""
-    if kind == "counter":
-        return CounterMetricFamily(name, documentation, labels=labels)
-    return GaugeMetricFamily(name, documentation, labels=labels)
+class Family(Metric):
+    """A snapshot gauge or counter family prepared once: a component keeps it and, at each
+    scrape, yields it with its current samples (`set`); the exposition then only formats numbers.
+
+    Name without `_total` for counters, as with prometheus_client's families.
+    """
+
+    def __init__(self, kind: Kind, name: str, documentation: str, labels: Sequence[str] = ("name",)) -> None:
+        super().__init__(name, documentation, kind)
+        self.labelnames = tuple(labels)
+        self.exposed = name + "_total" if kind == "counter" else name
+        self.header = header(self.exposed, documentation, kind)
+        self._prefixes: dict[tuple[str, ...], str] = {}
+        self._current: list[tuple[tuple[str, ...], float]] = []
+
+    @property
+    def samples(self) -> list[Sample]:
+        """The current samples as prometheus_client `Sample`s (for readers other than the exposition)."""
+        return [
+            Sample(self.exposed, dict(zip(self.labelnames, labels, strict=True)), value)
+            for labels, value in self._current
+        ]
+
+    @samples.setter
+    def samples(self, _: object) -> None:
+        """Ignored: samples come from `set`."""
+
+    def set(self, samples: Iterable[tuple[Sequence[str], float]]) -> "Family":
+        """Replace the current samples with (label values, value) pairs; returns the family."""
+        self._current = [(tuple(labels), float(value)) for labels, value in samples]
+        return self
+
+    def one(self, value: float, *labels: str) -> "Family":
+        """Replace the current samples with one series."""
+        self._current = [(labels, float(value))]
+        return self
+
+    def lines(self) -> list[str]:
+        """The current sample lines of the text format."""
+        prefixes = self._prefixes
+        lines = []
+        for labels, value in self._current:
+            prefix = prefixes.get(labels)
+            if prefix is None:
+                if len(prefixes) >= MAX_CACHED_SERIES:
+                    prefixes.clear()
+                prefix = prefixes[labels] = series_prefix(
+                    self.exposed, zip(self.labelnames, labels, strict=True)
+                )
+            lines.append(f"{prefix}{format_value(value)}\n")
+        return lines
+
+
+class Families:
+    """A component's prepared families by name, created on first use and kept between scrapes."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, Family] = {}
+
+    def _get(self, kind: Kind, name: str, documentation: str, labels: Sequence[str]) -> Family:
+        family = self._known.get(name)
+        if family is None:
+            family = self._known[name] = Family(kind, name, documentation, labels)
+        return family
+
+    def gauge(self, name: str, documentation: str, labels: Sequence[str] = ("name",)) -> Family:
+        """The gauge family `name` (set its samples with `one` or `set`)."""
+        return self._get("gauge", name, documentation, labels)
+
+    def counter(self, name: str, documentation: str, labels: Sequence[str] = ("name",)) -> Family:
+        """The counter family `name` (without `_total`)."""
+        return self._get("counter", name, documentation, labels)
 
 
 class Histogram:
@@ -156,6 +224,9 @@ class Exposition:
 
     def _blocks(self, families: Iterable[Metric]) -> Iterator[Block]:
         for family in families:
+            if isinstance(family, Family):
+                yield family.exposed, family.header, family.lines()
+                continue
             key = (family.name, family.type, family.documentation)
             known = self._headers.get(key)
             if known is None:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.framer import FramerType
@@ -34,7 +34,7 @@ from watti_watchman.domain.quantities import Quantity, QuantityValues
 from watti_watchman.domain.readings import PowerSample
 from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Latest
-from watti_watchman.metrics import Histogram
+from watti_watchman.metrics import Families, Histogram
 from watti_watchman.supervisor import Backoff, reraise_swallowed_cancel, supervise
 
 PollMode = Literal["searching", "phase_locked", "fixed"]
@@ -400,6 +400,7 @@ class JanitzaMeter:
         self.read_seconds = 0.0
         self.decode_seconds = 0.0
         self.sample_ages_s: deque[float] = deque(maxlen=1000)
+        self._families = Families()
         self._sample_age = Histogram(
             "watti_janitza_sample_age_seconds",
             "Time from the estimated refresh of the meter's values to the arrival of the reply (s)",
@@ -499,38 +500,10 @@ class JanitzaMeter:
 
     def collect_metrics(self) -> Iterable[Metric]:
         """Connection state, counters and sample age (the 39 values are exported from the table)."""
-        labels = [self.name]
-        up = GaugeMetricFamily(
-            "watti_janitza_up", "1 while readings are fresh (at most max_age old)", labels=["name"]
-        )
-        up.add_metric(labels, 1.0 if self.is_fresh() else 0.0)
-        yield up
-        yield from self._counter_families()
-        yield from self._sample_age.collect()
-        mode = GaugeMetricFamily(
-            "watti_janitza_poll_mode", "1 for the current polling mode", labels=["name", "mode"]
-        )
-        for name in POLL_MODES:
-            mode.add_metric([self.name, name], 1.0 if self.schedule.mode == name else 0.0)
-        yield mode
-        width_s = getattr(self.schedule, "bracket_width_s", None)
-        if width_s is not None:
-            width = GaugeMetricFamily(
-                "watti_janitza_refresh_phase_uncertainty_seconds",
-                "Width of the time bracket around the meter's next expected refresh (s)",
-                labels=["name"],
-            )
-            width.add_metric(labels, width_s)
-            yield width
-        connected = GaugeMetricFamily(
-            "watti_janitza_connected", "1 while the TCP connection is open", labels=["name"]
-        )
-        connected.add_metric(labels, 1.0 if self.connected else 0.0)
-        yield connected
-
-    def _counter_families(self) -> Iterable[Metric]:
-        labels = [self.name]
-        counters = (
+        families, name = self._families, self.name
+        up = families.gauge("watti_janitza_up", "1 while readings are fresh (at most max_age old)")
+        yield up.one(1.0 if self.is_fresh() else 0.0, name)
+        for metric, help_text, value in (
             ("watti_janitza_reads", "Replies received (valid or not)", self.reads),
             ("watti_janitza_new_windows", "Reads that delivered a new measuring window", self.new_windows),
             ("watti_janitza_missed_windows", "Measuring windows never read (estimated)", self.missed_windows),
@@ -551,20 +524,25 @@ class JanitzaMeter:
                 "Time spent decoding, validating and publishing (s)",
                 self.decode_seconds,
             ),
-        )
-        for name, help_text, value in counters:
-            family = CounterMetricFamily(name, help_text, labels=["name"])
-            family.add_metric(labels, float(value))
-            yield family
-        errors = CounterMetricFamily(
-            "watti_janitza_errors",
-            "Failed reads and connection attempts by reason",
-            labels=["name", "reason"],
+        ):
+            yield families.counter(metric, help_text).one(value, name)
+        errors = families.counter(
+            "watti_janitza_errors", "Failed reads and connection attempts by reason", ("name", "reason")
         )
         by_reason = self._failures.by_reason
-        for reason in sorted(set(KNOWN_REASONS) | set(by_reason)):
-            errors.add_metric([self.name, reason], float(by_reason[reason]))
-        yield errors
+        yield errors.set(([name, r], by_reason[r]) for r in sorted(set(KNOWN_REASONS) | set(by_reason)))
+        yield from self._sample_age.collect()
+        mode = families.gauge("watti_janitza_poll_mode", "1 for the current polling mode", ("name", "mode"))
+        yield mode.set(([name, m], 1.0 if self.schedule.mode == m else 0.0) for m in POLL_MODES)
+        width_s = getattr(self.schedule, "bracket_width_s", None)
+        if width_s is not None:
+            width = families.gauge(
+                "watti_janitza_refresh_phase_uncertainty_seconds",
+                "Width of the time bracket around the meter's next expected refresh (s)",
+            )
+            yield width.one(width_s, name)
+        connected = families.gauge("watti_janitza_connected", "1 while the TCP connection is open")
+        yield connected.one(1.0 if self.connected else 0.0, name)
 
     def status(self) -> Mapping[str, Any]:
         """JSON-able summary for /api/status."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from watti_watchman import __version__
 from watti_watchman.clock import Clock, monotonic
@@ -40,6 +40,7 @@ from watti_watchman.domain.hass import (
 from watti_watchman.domain.quantities import Quantity
 from watti_watchman.domain.settings import MODES, SettingRejectedError, SettingsHolder
 from watti_watchman.meters.base import Meter
+from watti_watchman.metrics import Families
 from watti_watchman.mqtt import LastWill, MqttSession, NotConnectedError
 from watti_watchman.registry import DeviceLabel
 from watti_watchman.services.charge_controller import ChargeController
@@ -170,6 +171,7 @@ class _HassSession:
         self.last_discovery_s: float | None = None
         self._resync_reason = "connect"
         self.stopping = False
+        self.families = Families()
 
     async def _on_connect(self, session: MqttSession) -> None:
         await session.subscribe(self.birth_topic, *self._subscriptions())
@@ -226,20 +228,17 @@ class _HassSession:
         await self.session.close_gracefully(self.availability_topic, NOT_AVAILABLE, retain=True)
 
     def _base_metrics(self) -> Iterable[Metric]:
-        labels = [self.name]
-        connected = GaugeMetricFamily(
-            "watti_hass_connected", "1 while the Home Assistant MQTT session is connected", labels=["name"]
+        families = self.families
+        connected = families.gauge(
+            "watti_hass_connected", "1 while the Home Assistant MQTT session is connected"
         )
-        connected.add_metric(labels, 1.0 if self.session.is_connected else 0.0)
-        yield connected
-        rounds = CounterMetricFamily(
+        yield connected.one(1.0 if self.session.is_connected else 0.0, self.name)
+        rounds = families.counter(
             "watti_hass_discovery_rounds",
             "Discovery rounds sent, by trigger (connect, birth)",
-            labels=["name", "reason"],
+            ("name", "reason"),
         )
-        for reason, count in sorted(self.discovery_rounds.items()):
-            rounds.add_metric([*labels, reason], count)
-        yield rounds
+        yield rounds.set(([self.name, r], n) for r, n in sorted(self.discovery_rounds.items()))
         for metric, doc, value in (
             (
                 "watti_hass_discovery_messages",
@@ -253,9 +252,7 @@ class _HassSession:
                 self.publish_failures_total,
             ),
         ):
-            family = CounterMetricFamily(metric, doc, labels=["name"])
-            family.add_metric(labels, value)
-            yield family
+            yield families.counter(metric, doc).one(value, self.name)
         yield from self.session.collect_metrics()
 
     def _base_status(self) -> dict[str, Any]:
@@ -352,12 +349,11 @@ class HassFeeder(_HassSession):
     def collect_metrics(self) -> Iterable[Metric]:
         """watti_hass_* families of this service plus its MQTT session's."""
         yield from self._base_metrics()
-        states = CounterMetricFamily(
-            "watti_hass_states_published", "Device state messages published", labels=["name", "device"]
+        families = self.families
+        states = families.counter(
+            "watti_hass_states_published", "Device state messages published", ("name", "device")
         )
-        for device, count in sorted(self.states_published.items()):
-            states.add_metric([self.name, device], count)
-        yield states
+        yield states.set(([self.name, d], n) for d, n in sorted(self.states_published.items()))
         for metric, doc, value in (
             (
                 "watti_hass_energy_regressions_held_back",
@@ -370,9 +366,7 @@ class HassFeeder(_HassSession):
                 self.non_finite_total,
             ),
         ):
-            family = CounterMetricFamily(metric, doc, labels=["name"])
-            family.add_metric([self.name], value)
-            yield family
+            yield families.counter(metric, doc).one(value, self.name)
 
     def status(self) -> Mapping[str, Any]:
         """Connection, devices and counters for /api/status."""
@@ -598,20 +592,16 @@ class HassDynamicConfig(_HassSession):
     def collect_metrics(self) -> Iterable[Metric]:
         """watti_hass_* families of this service plus its MQTT session's."""
         yield from self._base_metrics()
-        accepted = CounterMetricFamily(
-            "watti_hass_commands_accepted", "Setting commands applied", labels=["name", "setting"]
+        accepted = self.families.counter(
+            "watti_hass_commands_accepted", "Setting commands applied", ("name", "setting")
         )
-        for setting, count in sorted(self.accepted.items()):
-            accepted.add_metric([self.name, setting], count)
-        yield accepted
-        rejected = CounterMetricFamily(
+        yield accepted.set(([self.name, k], n) for k, n in sorted(self.accepted.items()))
+        rejected = self.families.counter(
             "watti_hass_commands_rejected",
             "Setting commands rejected, by reason",
-            labels=["name", "setting", "reason"],
+            ("name", "setting", "reason"),
         )
-        for (setting, reason), count in sorted(self.rejected.items()):
-            rejected.add_metric([self.name, setting, reason], count)
-        yield rejected
+        yield rejected.set(([self.name, k, r], n) for (k, r), n in sorted(self.rejected.items()))
 
     def status(self) -> Mapping[str, Any]:
         """Connection, settings in force and command counters for /api/status."""

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from watti_watchman import __version__
 from watti_watchman.clock import Clock, monotonic
@@ -28,6 +28,7 @@ from watti_watchman.domain.quantities import Quantity, QuantityValues
 from watti_watchman.failures import FailureLog, OnceLog
 from watti_watchman.latest import Stamped
 from watti_watchman.meters.base import GridMeter
+from watti_watchman.metrics import Families
 from watti_watchman.mqtt import LastWill, MqttSession, NotConnectedError
 from watti_watchman.supervisor import Backoff, reraise_swallowed_cancel
 
@@ -161,6 +162,7 @@ class VictronGridProvider:
         self.attempts_total = 0
         self.vanished_total = 0
         self.bad_replies_total = 0
+        self.families = Families()
         self._reason: str | None = None
         self._replied = False
         self._wake = asyncio.Event()
@@ -346,45 +348,34 @@ class VictronGridProvider:
 
     def collect_metrics(self) -> Iterable[Metric]:
         """Registration state, device instance, attempts, failures, vanishings and the session's metrics."""
-        labels = [self.name]
-        state = GaugeMetricFamily(
+        families, name = self.families, self.name
+        state = families.gauge(
             "watti_victron_grid_registration_state",
             "1 for the current dbus-mqtt-devices registration state (fixed: write_prefix configured)",
-            labels=["name", "state"],
+            ("name", "state"),
         )
-        for name in REGISTRATION_STATES:
-            state.add_metric([self.name, name], 1.0 if self.state == name else 0.0)
-        yield state
+        yield state.set(([name, s], 1.0 if self.state == s else 0.0) for s in REGISTRATION_STATES)
         if self.device_instance is not None:
-            instance = GaugeMetricFamily(
-                "watti_victron_grid_device_instance",
-                "Device instance of the virtual grid meter on the GX",
-                labels=["name"],
+            instance = families.gauge(
+                "watti_victron_grid_device_instance", "Device instance of the virtual grid meter on the GX"
             )
-            instance.add_metric(labels, float(self.device_instance))
-            yield instance
-        attempts = CounterMetricFamily(
+            yield instance.one(self.device_instance, name)
+        attempts = families.counter(
             "watti_victron_grid_registration_attempts",
             "Status messages (connected: 1) sent awaiting a registration reply",
-            labels=["name"],
         )
-        attempts.add_metric(labels, float(self.attempts_total))
-        yield attempts
-        failures = CounterMetricFamily(
+        yield attempts.one(self.attempts_total, name)
+        failures = families.counter(
             "watti_victron_grid_registration_failures",
             "Registration attempts without a reply (no_reply) or not sent (not_connected)",
-            labels=["name", "reason"],
+            ("name", "reason"),
         )
-        for reason in ("no_reply", "not_connected"):
-            failures.add_metric([self.name, reason], float(self.failures.by_reason[reason]))
-        yield failures
-        vanished = CounterMetricFamily(
+        yield failures.set(([name, r], self.failures.by_reason[r]) for r in ("no_reply", "not_connected"))
+        vanished = families.counter(
             "watti_victron_grid_vanished",
             "Times the grid service vanished from the GX (0-byte notification) and was re-registered",
-            labels=["name"],
         )
-        vanished.add_metric(labels, float(self.vanished_total))
-        yield vanished
+        yield vanished.one(self.vanished_total, name)
         yield from self.session.collect_metrics()
 
     def status(self) -> dict[str, Any]:
@@ -452,6 +443,7 @@ class VictronGridFeeder:
         """Write rounds cut short, by reason."""
         self.last_write_s: float | None = None
         """Clock time (s) of the newest value write (invalidations excluded)."""
+        self.families = Families()
 
     async def run(self) -> None:
         """Run the provider (session, registration) and the feed; cancel to stop."""
@@ -544,45 +536,39 @@ class VictronGridFeeder:
 
     def collect_metrics(self) -> Iterable[Metric]:
         """watti_victron_grid_* families of this feeder, its registration and its MQTT session."""
-        labels = [self.name]
-        up = GaugeMetricFamily(
-            "watti_victron_grid_up",
-            "1 while registered on the GX and feeding fresh grid meter values",
-            labels=["name"],
+        families, name = self.families, self.name
+        up = families.gauge(
+            "watti_victron_grid_up", "1 while registered on the GX and feeding fresh grid meter values"
         )
-        up.add_metric(labels, 1.0 if self.up else 0.0)
-        yield up
-        writes = CounterMetricFamily(
+        yield up.one(1.0 if self.up else 0.0, name)
+        writes = families.counter(
             "watti_victron_grid_writes",
             "W messages published to the grid service, by class (power, slow, invalidate)",
-            labels=["name", "class"],
+            ("name", "class"),
         )
-        for kind in WRITE_CLASSES:
-            writes.add_metric([self.name, kind], float(self.writes[kind]))
-        yield writes
-        errors = CounterMetricFamily(
+        yield writes.set(([name, kind], self.writes[kind]) for kind in WRITE_CLASSES)
+        errors = families.counter(
             "watti_victron_grid_errors",
             "Write rounds cut short (not_connected) and unusable registration replies (bad_reply)",
-            labels=["name", "reason"],
+            ("name", "reason"),
         )
-        errors.add_metric([self.name, "not_connected"], float(self.errors["not_connected"]))
-        errors.add_metric([self.name, "bad_reply"], float(self.provider.bad_replies_total))
-        yield errors
-        held = CounterMetricFamily(
+        yield errors.set(
+            (
+                ([name, "not_connected"], self.errors["not_connected"]),
+                ([name, "bad_reply"], self.provider.bad_replies_total),
+            )
+        )
+        held = families.counter(
             "watti_victron_grid_energy_regressions_held_back",
             "Energy counter values lower than already written, replaced by the highest written",
-            labels=["name"],
         )
-        held.add_metric(labels, float(self._guard.held_back_total))
-        yield held
+        yield held.one(self._guard.held_back_total, name)
         if self.last_write_s is not None:
-            age = GaugeMetricFamily(
+            age = families.gauge(
                 "watti_victron_grid_last_write_age_seconds",
                 "Seconds since the last value write to the GX (invalidations excluded)",
-                labels=["name"],
             )
-            age.add_metric(labels, self._clock() - self.last_write_s)
-            yield age
+            yield age.one(self._clock() - self.last_write_s, name)
         yield from self.provider.collect_metrics()
 
     def status(self) -> Mapping[str, Any]:

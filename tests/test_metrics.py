@@ -97,7 +97,7 @@ def test_render_matches_generate_latest_for_component_families() -> None:
         exposition.add(lambda v=value: own_families(v))  # type: ignore[misc]
         exposition.add(histogram.collect)
         exposition.add(lambda v=value: own_families(v + 1)[:1])  # type: ignore[misc]
-        expected = reference(own_families(value), histogram.collect(), own_families(value + 1)[:1])
+        expected = reference(own_families(value), histogram.family.collect(), own_families(value + 1)[:1])
         assert exposition.render() == expected
     assert b"_created" not in expected
     assert b'le="1.0"' in expected

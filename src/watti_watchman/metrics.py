@@ -10,7 +10,7 @@ the same families, except that `_created` samples are left out.
 """
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import chain
 from typing import Literal, Protocol
 
@@ -62,7 +62,18 @@ def series_prefix(sample_name: str, labels: Iterable[tuple[str, str]]) -> str:
     return f"{sample_name}{{{inner}}} "
 
 
-class Family(Metric):
+class Prepared(Metric):
+    """A family rendered from prepared series prefixes: `exposed` name, `header` and `lines()`."""
+
+    exposed: str
+    header: str
+
+    def lines(self) -> list[str]:
+        """The current sample lines of the text format."""
+        raise NotImplementedError
+
+
+class Family(Prepared):
     """A snapshot gauge or counter family prepared once: a component keeps it and, at each
     scrape, yields it with its current samples (`set`); the exposition then only formats numbers.
 
@@ -108,9 +119,8 @@ class Family(Metric):
             if prefix is None:
                 if len(prefixes) >= MAX_CACHED_SERIES:
                     prefixes.clear()
-                prefix = prefixes[labels] = series_prefix(
-                    self.exposed, zip(self.labelnames, labels, strict=True)
-                )
+                pairs = zip(self.labelnames, labels, strict=True)
+                prefix = prefixes[labels] = series_prefix(self.exposed, pairs)
             lines.append(f"{prefix}{format_value(value)}\n")
         return lines
 
@@ -136,22 +146,59 @@ class Families:
         return self._get("counter", name, documentation, labels)
 
 
-class Histogram:
-    """prometheus_client's own Histogram for one component (its `name` label), seconds."""
+class Histogram(Prepared):
+    """prometheus_client's own Histogram (buckets, count, sum) of one component (label `name`),
+    rendered from prepared series prefixes; seconds."""
 
     def __init__(self, name: str, documentation: str, component: str, bounds_s: Sequence[float]) -> None:
-        self._family = prometheus_client.Histogram(
+        super().__init__(name, documentation, "histogram")
+        self.family = prometheus_client.Histogram(
             name, documentation, ["name"], buckets=tuple(bounds_s), registry=None
         )
-        self._series = self._family.labels(component)
+        """The prometheus_client metric (its `collect()` is the reference rendering)."""
+        self._series = self.family.labels(component)
+        self._component = component
+        self.exposed = name
+        self.header = header(name, documentation, "histogram")
+        self._prefixes: dict[tuple[str, str], str] = {}
 
     def observe(self, value_s: float) -> None:
         """Count one observation (s)."""
         self._series.observe(value_s)
 
     def collect(self) -> Iterable[Metric]:
-        """The family (`_bucket`, `_count`, `_sum`)."""
-        return self._family.collect()
+        """This family, for a component's `collect_metrics`."""
+        return (self,)
+
+    def _current(self) -> Iterator[tuple[str, Mapping[str, str], float]]:
+        """(suffix, extra labels, value) of `_bucket` (cumulative), `_count`, `_sum`."""
+        for sample in self._series._child_samples():  # the one child's samples, without collect()'s wrapping
+            if sample.name != "_created":
+                yield sample.name, sample.labels, sample.value
+
+    @property
+    def samples(self) -> list[Sample]:
+        """The current samples as prometheus_client `Sample`s."""
+        return [
+            Sample(self.name + suffix, {"name": self._component, **labels}, value)
+            for suffix, labels, value in self._current()
+        ]
+
+    @samples.setter
+    def samples(self, _: object) -> None:
+        """Ignored: samples come from the histogram."""
+
+    def lines(self) -> list[str]:
+        """The current sample lines of the text format."""
+        lines = []
+        for suffix, labels, value in self._current():
+            key = (suffix, labels.get("le", ""))
+            prefix = self._prefixes.get(key)
+            if prefix is None:
+                pairs = [("name", self._component), *labels.items()]
+                prefix = self._prefixes[key] = series_prefix(self.name + suffix, pairs)
+            lines.append(f"{prefix}{format_value(value)}\n")
+        return lines
 
 
 class MetricSource(Protocol):
@@ -224,7 +271,7 @@ class Exposition:
 
     def _blocks(self, families: Iterable[Metric]) -> Iterator[Block]:
         for family in families:
-            if isinstance(family, Family):
+            if isinstance(family, Prepared):
                 yield family.exposed, family.header, family.lines()
                 continue
             key = (family.name, family.type, family.documentation)

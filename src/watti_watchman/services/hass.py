@@ -44,6 +44,7 @@ from watti_watchman.metrics import Families
 from watti_watchman.mqtt import LastWill, MqttSession, NotConnectedError
 from watti_watchman.registry import DeviceLabel
 from watti_watchman.services.charge_controller import ChargeController
+from watti_watchman.supervisor import reraise_swallowed_cancel
 
 logger = logging.getLogger("watti_watchman.hass")
 
@@ -345,6 +346,10 @@ class HassFeeder(_HassSession):
                 await self._send_states()
             except NotConnectedError:
                 self.publish_failures_total += 1
+            # aiomqtt waits for a publish it could not write at once with wait_for, which can
+            # swallow our cancellation; 3.11's TaskGroup never cancels its children a second
+            # time, so a loop that ignored it would hang shutdown ("still stopping hass_feeder").
+            reraise_swallowed_cancel()
 
     def collect_metrics(self) -> Iterable[Metric]:
         """watti_hass_* families of this service plus its MQTT session's."""
@@ -588,6 +593,7 @@ class HassDynamicConfig(_HassSession):
                     await self._send_states()
             except NotConnectedError:
                 self.publish_failures_total += 1
+            reraise_swallowed_cancel()  # as in HassFeeder._publish_loop
 
     def collect_metrics(self) -> Iterable[Metric]:
         """watti_hass_* families of this service plus its MQTT session's."""

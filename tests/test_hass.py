@@ -26,12 +26,13 @@ from watti_watchman.domain.hass import (
     ALLOWED_SENSOR_CLASSES,
     CounterGuard,
     DiscoveryError,
-    SensorSpec,
     build_state,
+    check_quantity,
     check_sensor_classes,
     validate_discovery,
 )
 from watti_watchman.domain.janitza import JANITZA_QUANTITIES, JanitzaReading, reading_from_values
+from watti_watchman.domain.quantities import Quantity
 from watti_watchman.domain.settings import RuntimeSettings, SettingRejectedError, SettingsHolder, TargetRange
 from watti_watchman.domain.victron import VALUES as VICTRON_VALUES
 from watti_watchman.meters.base import Meter
@@ -236,9 +237,17 @@ def test_allowed_table_and_state_rules() -> None:
             check_sensor_classes(*bad)
     assert set(ALLOWED_SENSOR_CLASSES) >= {"voltage", "energy", "power", "battery"}
     specs = (
-        SensorSpec("e", "E", "Wh", "energy", "total_increasing"),
-        SensorSpec("v", "V", "V", "voltage", "measurement"),
+        Quantity("e", "E", "Wh", "energy", "total_increasing"),
+        Quantity("v", "V", "V", "voltage", "measurement"),
     )
+    for spec in specs:
+        check_quantity(spec)
+    for wrong in (
+        Quantity("E", "E", "Wh", "energy", "total_increasing"),
+        Quantity("e", "E", "W", "energy", "total"),
+    ):
+        with pytest.raises(DiscoveryError):
+            check_quantity(wrong)
     guard = CounterGuard()
     assert strict_json(build_state(specs, {"e": 100.0, "v": math.inf}, guard).payload) == {
         "e": 100.0,

@@ -28,9 +28,9 @@ from watti_watchman.domain.hass import (
     CounterGuard,
     Discovery,
     HassDevice,
-    SensorSpec,
     StateValue,
     build_state,
+    check_quantity,
     expire_after_s,
     number_discovery,
     object_id,
@@ -55,35 +55,19 @@ RESTORE_TIMEOUT_S = 2.0
 MAX_COMMAND_BYTES = 64
 
 
-def table_specs(quantities: Iterable[Quantity]) -> tuple[SensorSpec, ...]:
-    """One sensor per row of a meter's quantity table."""
-    return tuple(
-        SensorSpec(
-            key=q.key,
-            name=q.label,
-            unit=q.unit,
-            device_class=q.device_class,
-            state_class=q.state_class,
-            precision=q.precision,
-            diagnostic=q.diagnostic,
-        )
-        for q in quantities
-    )
-
-
-def controller_specs() -> tuple[SensorSpec, ...]:
+def controller_specs() -> tuple[Quantity, ...]:
     """The controller's decision: setpoints per phase and total, reason, target, mode, SOC, limits."""
 
-    def power(key: str, name: str) -> SensorSpec:
-        return SensorSpec(key, name, "W", "power", "measurement", precision=0)
+    def power(key: str, name: str) -> Quantity:
+        return Quantity(key, name, "W", "power", "measurement", precision=0)
 
     return (
         *(power(f"setpoint_{p}", f"Setpoint {p.upper()}") for p in ("l1", "l2", "l3")),
         power("setpoint_total", "Setpoint total"),
-        SensorSpec("reason", "Reason"),
+        Quantity("reason", "Reason", None),
         power("target", "Target"),
-        SensorSpec("mode", "Mode"),
-        SensorSpec("soc", "SOC used", "%", "battery", "measurement", precision=0),
+        Quantity("mode", "Mode", None),
+        Quantity("soc", "SOC used", "%", "battery", "measurement", precision=0),
         power("max_charge", "Charge limit"),
         power("max_discharge", "Discharge limit"),
     )
@@ -94,9 +78,14 @@ class _DeviceFeed:
     """One HA device: its sensors and where their values come from (None = nothing fresh)."""
 
     device: HassDevice
-    specs: tuple[SensorSpec, ...]
+    specs: tuple[Quantity, ...]
     read: Callable[[], Mapping[str, StateValue] | None]
     guard: CounterGuard = field(default_factory=CounterGuard)
+
+    def __post_init__(self) -> None:
+        """Reject sensors HA would refuse or misread (fails at start, not in HA)."""
+        for quantity in self.specs:
+            check_quantity(quantity)
 
 
 def _meter_feed(meter: Meter, label: DeviceLabel) -> _DeviceFeed:
@@ -108,7 +97,7 @@ def _meter_feed(meter: Meter, label: DeviceLabel) -> _DeviceFeed:
         return {q.key: q.shown(values[q.key]) for q in meter.quantities if q.key in values}
 
     device = HassDevice(object_id(meter.name), label.name, label.model, __version__, label.manufacturer)
-    return _DeviceFeed(device, table_specs(meter.quantities), read)
+    return _DeviceFeed(device, meter.quantities, read)
 
 
 def _controller_device(controller: ChargeController) -> HassDevice:

@@ -93,7 +93,7 @@ def test_render_matches_generate_latest_for_component_families() -> None:
     for observed in (0.0005, 0.2, 3.0):
         histogram.observe(observed)
     for value in (0.0, 1.5, 1234567.0, 1.5e-07, math.inf, -math.inf, math.nan, 299792458.0):
-        exposition = Exposition()
+        exposition = Exposition(process=False)
         exposition.add(lambda v=value: own_families(v))  # type: ignore[misc]
         exposition.add(histogram.collect)
         exposition.add(lambda v=value: own_families(v + 1)[:1])  # type: ignore[misc]
@@ -106,7 +106,7 @@ def test_render_matches_generate_latest_for_component_families() -> None:
 def test_tables_render_like_the_families_they_describe() -> None:
     clock = ManualClock()
     meters = [TableMeter("hak", clock), TableMeter("bat", clock)]
-    exposition = Exposition()
+    exposition = Exposition(process=False)
     for meter in meters:
         exposition.add(meter)
     assert exposition.render() == b"", "nothing before the first values"

@@ -166,7 +166,7 @@ def test_toy_type_validates_resolves_and_is_summarised(
     assert "#/$defs/ToyConfig" in refs
     assert any(i.startswith("meters[0].watts: ") for i in issues(config_text(watts=-1))), "branch checked"
     text = config_text().replace("type: Toy", "type: Tooy")
-    assert "meters[0].type: unknown meter type 'Tooy' (known: Janitza, Toy, Victron)" in "".join(issues(text))
+    assert "meters[0].type: unknown meter type (known: Janitza, Toy, Victron)" in "".join(issues(text))
     controlled = yaml.safe_load(config_text())
     controlled["services"] = [
         {
@@ -176,10 +176,8 @@ def test_toy_type_validates_resolves_and_is_summarised(
             "battery_controller_name": "toy",
         }
     ]
-    (problem,) = issues(yaml.safe_dump(controlled))
-    assert problem.startswith(
-        "services[0].battery_controller_name: meter 'toy' (Toy) does not accept battery setpoints"
-    )
+    expected = "services[0].battery_controller_name: meter 'toy' (Toy) does not accept battery setpoints"
+    assert any(problem.startswith(expected) for problem in issues(yaml.safe_dump(controlled)))
     path = tmp_path / "watti_watchman.yml"
     path.write_text(config_text(watts=7))
     assert main(["check", "-c", str(path)]) == EXIT_OK

@@ -15,6 +15,7 @@ from itertools import chain
 from typing import Literal, Protocol
 
 import prometheus_client
+from prometheus_client import ProcessCollector
 from prometheus_client.core import Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.samples import Sample
@@ -255,10 +256,13 @@ class _TableExport:
 class Exposition:
     """The /metrics body, rendered on demand from the registered sources."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, process: bool = True) -> None:
+        """`process`: append prometheus_client's process_* families (RSS, open fds, CPU; Linux)."""
         self._emitters: list[Emit] = []
         self._headers: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._prefixes: dict[tuple[object, ...], str] = {}
+        collector = ProcessCollector(registry=None)
+        self._process: tuple[Emit, ...] = (lambda: self._blocks(collector.collect()),) if process else ()
         self.last_render_s = 0.0
         """How long the previous render took (s); exported by the next one."""
 
@@ -301,7 +305,7 @@ class Exposition:
         """Text exposition format 0.0.4 of the current snapshots."""
         started = time.perf_counter()
         merged: dict[str, list[str]] = {}
-        for emit in self._emitters:
+        for emit in (*self._emitters, *self._process):
             for name, head, lines in emit():
                 block = merged.get(name)
                 if block is None:

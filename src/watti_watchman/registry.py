@@ -144,9 +144,9 @@ def _load_builtin() -> None:
 
 
 def device_types() -> Mapping[str, DeviceType[Any]]:
-    """Every registered type by name, built-ins first."""
+    """Every registered type by name, sorted by name (whatever the import order registered first)."""
     _load_builtin()
-    return dict(_TYPES)
+    return dict(sorted(_TYPES.items()))
 
 
 def device_type(name: str) -> DeviceType[Any]:

@@ -4,6 +4,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from watti_watchman.config.errors import ConfigError, ConfigIssue, PathElem
 from watti_watchman.config.meters import MeterConfig
 from watti_watchman.config.model import WattiConfig
 from watti_watchman.config.mqtt import MqttConnectionConfig
@@ -12,8 +13,7 @@ from watti_watchman.config.services import (
     HassDynamicConfigConfig,
     VictronGridFeederConfig,
 )
-
-PathElem = str | int
+from watti_watchman.registry import CAPABILITY_TEXT, Capability, device_type
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class ResolvedConfig:
     config: WattiConfig
     connections: dict[str, MqttConnectionConfig]
     meters: dict[str, MeterConfig]
+    warnings: tuple[ConfigIssue, ...] = ()
+    """Legitimate but suspicious settings: `check` prints them, `run` logs them."""
 
     def connection(self, name: str) -> MqttConnectionConfig:
         """The MQTT connection called `name`."""
@@ -35,9 +37,6 @@ class ResolvedConfig:
 
 def resolve(config: WattiConfig, lines: dict[tuple[PathElem, ...], int] | None = None) -> ResolvedConfig:
     """Check names and capabilities; raises ConfigError listing every problem."""
-    from watti_watchman.config.loader import ConfigError, ConfigIssue  # noqa: PLC0415 - cycle
-    from watti_watchman.registry import CAPABILITY_TEXT, Capability, device_type  # noqa: PLC0415
-
     line_of = lines or {}
     issues: list[ConfigIssue] = []
 

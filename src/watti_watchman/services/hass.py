@@ -56,7 +56,8 @@ MAX_COMMAND_BYTES = 64
 
 
 def controller_specs() -> tuple[Quantity, ...]:
-    """The controller's decision: setpoints per phase and total, reason, target, mode, SOC, limits."""
+    """The controller's decision: setpoints per phase and total, reason, target, mode, SOC, limits,
+    BMS limits policy and use ("auto: absent")."""
 
     def power(key: str, name: str) -> Quantity:
         return Quantity(key, name, "W", "power", "measurement", precision=0)
@@ -70,6 +71,7 @@ def controller_specs() -> tuple[Quantity, ...]:
         Quantity("soc", "SOC used", "%", "battery", "measurement", precision=0),
         power("max_charge", "Charge limit"),
         power("max_discharge", "Discharge limit"),
+        Quantity("bms_limits", "BMS limits", None),
     )
 
 
@@ -120,6 +122,7 @@ def _controller_feed(controller: ChargeController) -> _DeviceFeed:
         values["soc"] = output.limits.soc_percent
         values["max_charge"] = output.limits.max_charge_w
         values["max_discharge"] = output.limits.max_discharge_w
+        values["bms_limits"] = f"{controller.config.bms_limits}: {output.limits.bms}"
         return values
 
     return _DeviceFeed(_controller_device(controller), controller_specs(), read)

@@ -20,7 +20,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from watti_watchman.failures import OnceLog
-from watti_watchman.meters.base import Meter
+from watti_watchman.meters.base import Source
 from watti_watchman.metrics import CONTENT_TYPE, Exposition
 
 logger = logging.getLogger("watti_watchman.http")
@@ -52,7 +52,7 @@ def _status_page() -> bytes:
 
 def build_http_app(
     exposition: Exposition,
-    meters: Sequence[Meter],
+    meters: Sequence[Source],
     status: StatusProvider,
     live: StatusProvider | None = None,
 ) -> web.Application:

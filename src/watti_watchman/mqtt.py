@@ -10,11 +10,12 @@ from dataclasses import dataclass
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from watti_watchman.clock import Clock
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.failures import FailureLog
+from watti_watchman.metrics import Families
 from watti_watchman.supervisor import HEALTHY_AFTER_S, Backoff, reraise_swallowed_cancel, supervise
 
 
@@ -138,6 +139,8 @@ class MqttSession:
         self.messages_total = 0
         self.publishes_total = 0
         self.publish_drops_total = 0
+        self._labels = (component, f"{connection.host}:{connection.port}")
+        self._families = Families()
 
     def _make_client(self) -> aiomqtt.Client:
         tls = self.connection.tls_config()
@@ -255,23 +258,21 @@ class MqttSession:
 
     def collect_metrics(self) -> Iterable[Metric]:
         """Connection state and counters, labelled by component."""
-        labels = ["component", "broker"]
-        values = [self.component, f"{self.connection.host}:{self.connection.port}"]
-        up = GaugeMetricFamily("watti_mqtt_connected", "1 while the MQTT session is connected", labels=labels)
-        up.add_metric(values, 1.0 if self.is_connected else 0.0)
-        yield up
+        labels = self._labels
+        names = ("component", "broker")
+        families = self._families
+        connected = families.gauge("watti_mqtt_connected", "1 while the MQTT session is connected", names)
+        yield connected.one(1.0 if self.is_connected else 0.0, *labels)
         for name, doc, value in (
             ("watti_mqtt_connects", "MQTT connections established", self.connects_total),
             ("watti_mqtt_messages_received", "MQTT messages received", self.messages_total),
             ("watti_mqtt_publishes", "MQTT messages published", self.publishes_total),
             ("watti_mqtt_publish_drops", "publishes dropped while disconnected", self.publish_drops_total),
         ):
-            family = CounterMetricFamily(name, doc, labels=labels)
-            family.add_metric(values, value)
-            yield family
-        errors = CounterMetricFamily(
-            "watti_mqtt_errors", "MQTT connection failures by reason", labels=[*labels, "reason"]
+            yield families.counter(name, doc, names).one(value, *labels)
+        errors = families.counter(
+            "watti_mqtt_errors", "MQTT connection failures by reason", (*names, "reason")
         )
-        for reason, count in sorted(self.failures.by_reason.items()):
-            errors.add_metric([*values, reason], count)
-        yield errors
+        yield errors.set(
+            ([*labels, reason], count) for reason, count in sorted(self.failures.by_reason.items())
+        )

@@ -21,6 +21,7 @@ from watti_watchman.config.checks import semantic_issues
 from watti_watchman.config.errors import ConfigError, ConfigIssue, ItemPath, Lines, PathElem, line_of
 from watti_watchman.config.model import WattiConfig
 from watti_watchman.config.resolve import ResolvedConfig, resolve
+from watti_watchman.registry import config_model
 
 __all__ = ["ConfigError", "ConfigIssue", "PathElem", "load_config", "parse_config"]
 
@@ -348,7 +349,7 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> ResolvedCon
     http = data.get("http")
     if HTTP_HOST_ENV in environ and (http is None or (isinstance(http, dict) and "host" not in http)):
         data["http"] = {**(http or {}), "host": environ[HTTP_HOST_ENV]}
-    config = validate_data(data, reader, WattiConfig)
+    config = validate_data(data, reader, config_model())
     issues: list[ConfigIssue] = []
     try:
         resolved = resolve(config, reader.lines)

@@ -7,6 +7,7 @@ import math
 
 import pytest
 from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.brokers import TestBroker
 from tests.support.waiting import wait_until
@@ -24,6 +25,7 @@ from watti_watchman.domain.victron import (
 )
 from watti_watchman.meters.base import BatteryController, PowerMeter
 from watti_watchman.meters.victron import SUPPRESS_REPUBLISH, VictronMeter, VictronNotReadyError
+from watti_watchman.metrics import Exposition
 from watti_watchman.mqtt import NotConnectedError
 from watti_watchman.sim.venus import STATE_BULK, VenusEmulator
 
@@ -68,10 +70,14 @@ def samples(meter: VictronMeter, family: str) -> dict[tuple[str, ...], float]:
     """The samples of one metric family, keyed by label values."""
     found: dict[tuple[str, ...], float] = {}
     metric: Metric
-    for metric in meter.collect_metrics():
-        if metric.name == family:
-            for sample in metric.samples:
-                found[tuple(sample.labels.values())] = sample.value
+    exposition = Exposition()
+    exposition.add(meter)
+    for metric in text_string_to_metric_families(exposition.render().decode()):
+        for sample in metric.samples:
+            if sample.name in (family, f"{family}_total"):
+                found[tuple(sample.labels[k] for k in sorted(sample.labels, key=lambda k: k != "name"))] = (
+                    sample.value
+                )
     return found
 
 

@@ -15,7 +15,8 @@ from tests.support.modbus_fixtures import load_janitza_sample
 from tests.support.waiting import wait_until
 from watti_watchman.config.register_map import SHIPPED_MAPS, load_register_map
 from watti_watchman.domain.janitza import QUANTITIES_BY_KEY, encode_values
-from watti_watchman.domain.meter_values import reading_from_values
+from watti_watchman.domain.meter_values import meter_table, reading_from_values
+from watti_watchman.domain.quantities import format_values
 from watti_watchman.domain.register_map import (
     ReadBlock,
     RegisterMap,
@@ -25,7 +26,6 @@ from watti_watchman.domain.register_map import (
     encode_value,
 )
 from watti_watchman.meters.base import PowerMeter
-from watti_watchman.meters.generic import format_meter_reading
 from watti_watchman.meters.modbus_meter import ModbusMeter, ModbusMeterConfig, ModbusReadError, read_once
 from watti_watchman.metrics import Exposition
 from watti_watchman.sim.map_server import Framing, MapServer
@@ -212,7 +212,8 @@ async def test_janitza_map_decodes_a_captured_read_exactly() -> None:
     for key, janitza_key in janitza_keys.items():
         assert reading.value(key) == sample[QUANTITIES_BY_KEY[janitza_key].index], key
     assert reading.power_sample().total_w == 1934.24169921875
-    assert "Real power total" in format_meter_reading(reading)
+    table = format_values(meter_table(UMG604.registers), reading.values)
+    assert "Real power total" in table
 
 
 # --- the running meter ------------------------------------------------------------------------

@@ -2,10 +2,11 @@
 each quantity, validation, the invert option and the typed reading (pure: no I/O, no clock)."""
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from watti_watchman.domain.quantities import Quantity
 from watti_watchman.domain.readings import PowerSample
 
 QuantityKey = Literal[
@@ -33,97 +34,98 @@ FREQUENCY_RANGE_HZ = (40.0, 70.0)
 MAX_ENERGY_WH = 1e15
 
 
-@dataclass(frozen=True, slots=True)
-class MeterQuantity:
-    """One quantity a generic meter can deliver and how every consumer presents it."""
-
-    key: QuantityKey
-    unit: Literal["W", "V", "A", "Hz", "Wh"]
-    label: str
-    phase: str | None
-    """Prometheus `phase` label (`l1`..`l3`); None for totals and whole-system values."""
-    device_class: str
-    state_class: Literal["measurement", "total_increasing"]
-    metric: str
-    """Prometheus family name as passed to the family constructor (counters without `_total`)."""
-    metric_type: Literal["gauge", "counter"]
-    metric_help: str
-    valid_range: tuple[float, float]
-    venus_path: str | None
-    """Path below the Venus `grid` service that takes this value."""
-    venus_scale: float = 1.0
-    """Factor from the table unit to the Venus unit (Wh → kWh: 0.001)."""
-    metric_scale: float = 1.0
-    """Factor from the table unit to the Prometheus base unit (Wh → J: 3600)."""
-
-
 _POWER_HELP = "Real power in W (+ = import at the grid entry, + = charging on the battery branch)"
 _POWER = (-MAX_ABS_POWER_W, MAX_ABS_POWER_W)
+_PHASE_KINDS = {
+    "power": ("Real power", "W", "power", "watti_meter_real_power_watts", _POWER_HELP, 1),
+    "voltage": ("Voltage", "V", "voltage", "watti_meter_voltage_volts", "RMS voltage line-neutral in V", 1),
+    "current": ("Current", "A", "current", "watti_meter_current_amperes", "RMS current in A", 2),
+}
 
 
-def _phase(key: QuantityKey, n: int, kind: str) -> MeterQuantity:
+def _phase(kind: str, n: int) -> Quantity:
     """A per-phase row of `kind` power | voltage | current."""
-    unit, device_class, metric, help_text, valid = {
-        "power": ("W", "power", "watti_meter_real_power_watts", _POWER_HELP, _POWER),
-        "voltage": (
-            "V", "voltage", "watti_meter_voltage_volts", "RMS voltage line-neutral in V",
-            (-MAX_ABS_VOLTAGE_V, MAX_ABS_VOLTAGE_V),
-        ),
-        "current": (
-            "A", "current", "watti_meter_current_amperes", "RMS current in A",
-            (-MAX_ABS_CURRENT_A, MAX_ABS_CURRENT_A),
-        ),
-    }[kind]  # fmt: skip
-    label = {"power": "Real power", "voltage": "Voltage", "current": "Current"}[kind]
-    return MeterQuantity(
-        key=key,
-        unit=unit,  # type: ignore[arg-type]
+    label, unit, device_class, metric, help_text, precision = _PHASE_KINDS[kind]
+    return Quantity(
+        key=f"{kind}_l{n}",
         label=f"{label} L{n}",
-        phase=f"l{n}",
+        unit=unit,
         device_class=device_class,
         state_class="measurement",
         metric=metric,
-        metric_type="gauge",
         metric_help=help_text,
-        valid_range=valid,
+        metric_labels=(("phase", f"l{n}"),),
         venus_path=f"Ac/L{n}/{kind.capitalize()}",
+        precision=precision,
     )
 
 
-METER_QUANTITIES: tuple[MeterQuantity, ...] = (
-    _phase("power_l1", 1, "power"),
-    _phase("power_l2", 2, "power"),
-    _phase("power_l3", 3, "power"),
-    MeterQuantity(
-        "power_total", "W", "Real power total", None, "power", "measurement",
-        "watti_meter_real_power_sum_watts", "gauge", "Real power summed over the phases in W",
-        _POWER, "Ac/Power",
-    ),
-    _phase("voltage_l1", 1, "voltage"),
-    _phase("voltage_l2", 2, "voltage"),
-    _phase("voltage_l3", 3, "voltage"),
-    _phase("current_l1", 1, "current"),
-    _phase("current_l2", 2, "current"),
-    _phase("current_l3", 3, "current"),
-    MeterQuantity(
-        "frequency", "Hz", "Frequency", None, "frequency", "measurement", "watti_meter_frequency_hertz",
-        "gauge", "Grid frequency in Hz", FREQUENCY_RANGE_HZ, "Ac/Frequency",
-    ),
-    MeterQuantity(
-        "energy_import", "Wh", "Energy import", None, "energy", "total_increasing",
-        "watti_meter_energy_import_joules", "counter", "Real energy imported in J",
-        (0.0, MAX_ENERGY_WH), "Ac/Energy/Forward", 0.001, 3600.0,
-    ),
-    MeterQuantity(
-        "energy_export", "Wh", "Energy export", None, "energy", "total_increasing",
-        "watti_meter_energy_export_joules", "counter", "Real energy exported in J",
-        (0.0, MAX_ENERGY_WH), "Ac/Energy/Reverse", 0.001, 3600.0,
-    ),
-)  # fmt: skip
-"""Every quantity in presentation order."""
+def _energy(direction: str, venus: str) -> Quantity:
+    return Quantity(
+        key=f"energy_{direction}",
+        label=f"Energy {direction}",
+        unit="Wh",
+        device_class="energy",
+        state_class="total_increasing",
+        metric=f"watti_meter_energy_{direction}_joules",
+        metric_type="counter",
+        metric_help=f"Real energy {direction}ed in J",
+        metric_scale=3600.0,
+        venus_path=f"Ac/Energy/{venus}",
+        venus_scale=0.001,
+        precision=0,
+    )
 
-QUANTITY_BY_KEY: dict[str, MeterQuantity] = {q.key: q for q in METER_QUANTITIES}
-QUANTITY_KEYS: tuple[QuantityKey, ...] = tuple(q.key for q in METER_QUANTITIES)
+
+METER_QUANTITIES: tuple[Quantity, ...] = (
+    *(_phase("power", n) for n in (1, 2, 3)),
+    Quantity(
+        key="power_total",
+        label="Real power total",
+        unit="W",
+        device_class="power",
+        state_class="measurement",
+        metric="watti_meter_real_power_sum_watts",
+        metric_help="Real power summed over the phases in W",
+        venus_path="Ac/Power",
+        precision=1,
+    ),
+    *(_phase("voltage", n) for n in (1, 2, 3)),
+    *(_phase("current", n) for n in (1, 2, 3)),
+    Quantity(
+        key="frequency",
+        label="Frequency",
+        unit="Hz",
+        device_class="frequency",
+        state_class="measurement",
+        metric="watti_meter_frequency_hertz",
+        metric_help="Grid frequency in Hz",
+        venus_path="Ac/Frequency",
+        precision=2,
+    ),
+    _energy("import", "Forward"),
+    _energy("export", "Reverse"),
+)
+"""Every quantity a generic meter can deliver, in presentation order."""
+
+QUANTITY_BY_KEY: dict[str, Quantity] = {q.key: q for q in METER_QUANTITIES}
+QUANTITY_KEYS: tuple[str, ...] = tuple(q.key for q in METER_QUANTITIES)
+VALID_RANGES: dict[str, tuple[float, float]] = {
+    **{f"power_l{n}": _POWER for n in (1, 2, 3)},
+    "power_total": _POWER,
+    **{f"voltage_l{n}": (-MAX_ABS_VOLTAGE_V, MAX_ABS_VOLTAGE_V) for n in (1, 2, 3)},
+    **{f"current_l{n}": (-MAX_ABS_CURRENT_A, MAX_ABS_CURRENT_A) for n in (1, 2, 3)},
+    "frequency": FREQUENCY_RANGE_HZ,
+    "energy_import": (0.0, MAX_ENERGY_WH),
+    "energy_export": (0.0, MAX_ENERGY_WH),
+}
+"""Physically possible values (inclusive); outside → the reading is implausible."""
+
+
+def meter_table(delivered: Iterable[str]) -> tuple[Quantity, ...]:
+    """The table of a meter delivering `delivered` keys: those plus power per phase and total."""
+    keys = {*delivered, *PHASE_POWER_KEYS, "power_total"}
+    return tuple(q for q in METER_QUANTITIES if q.key in keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +153,7 @@ def check_value(key: str, value: float) -> None:
     """ValueError("non_finite" | "implausible") when `value` cannot be a reading of `key`."""
     if not math.isfinite(value):
         raise ValueError("non_finite")
-    low, high = QUANTITY_BY_KEY[key].valid_range
+    low, high = VALID_RANGES[key]
     if not low <= value <= high:
         raise ValueError("implausible")
 

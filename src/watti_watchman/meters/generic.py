@@ -1,33 +1,11 @@
-"""What every generic meter (register map, MQTT payloads) shares: its value families, its counters,
-its status fields and the commissioning table, all driven by `METER_QUANTITIES`."""
+"""What the meters of this family share: counters by reason, the `up` gauge, status power fields."""
 
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from watti_watchman.domain.meter_values import METER_QUANTITIES, MeterReading
-
-_DECIMALS = {"V": 1, "A": 2, "W": 1, "Hz": 2, "Wh": 0}
-
-
-def value_families(name: str, reading: MeterReading) -> Iterable[Metric]:
-    """One family per table metric the reading delivers, samples in table order."""
-    families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
-    for quantity in METER_QUANTITIES:
-        value = reading.value(quantity.key)
-        if value is None:
-            continue
-        family = families.get(quantity.metric)
-        if family is None:
-            labels = ["name"] if quantity.phase is None else ["name", "phase"]
-            kind = CounterMetricFamily if quantity.metric_type == "counter" else GaugeMetricFamily
-            family = kind(quantity.metric, quantity.metric_help, labels=labels)
-            families[quantity.metric] = family
-        family.add_metric(
-            [name] if quantity.phase is None else [name, quantity.phase], value * quantity.metric_scale
-        )
-    return families.values()
+from watti_watchman.domain.meter_values import MeterReading
 
 
 def counter_families(
@@ -69,15 +47,3 @@ def reading_status(reading: MeterReading | None) -> Mapping[str, Any]:
         "power_w": round(sample.total_w, 1),
         "power_phases_w": [round(sample.l1_w, 1), round(sample.l2_w, 1), round(sample.l3_w, 1)],
     }
-
-
-def format_meter_reading(reading: MeterReading) -> str:
-    """A table of one reading: quantity, value with unit (commissioning)."""
-    lines = [f"{'quantity':<22}{'value':>16}", "-" * 38]
-    for quantity in METER_QUANTITIES:
-        value = reading.value(quantity.key)
-        if value is not None:
-            lines.append(f"{quantity.label:<22}{value:>13.{_DECIMALS[quantity.unit]}f} {quantity.unit:<2}")
-    if not reading.phases_known:
-        lines.append("(the meter reports no per-phase power: the total is split evenly)")
-    return "\n".join(lines)

@@ -18,15 +18,16 @@ from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.framer import FramerType
 
 from watti_watchman.clock import Clock, monotonic
-from watti_watchman.config.base import ConfigModel
-from watti_watchman.config.mqtt import Name, Port
+from watti_watchman.config.meters import MeterConfig
+from watti_watchman.config.mqtt import Port
 from watti_watchman.config.register_map import SHIPPED_MAPS, load_register_map
-from watti_watchman.domain.meter_values import MeterReading, reading_from_values
+from watti_watchman.domain.meter_values import MeterReading, meter_table, reading_from_values
+from watti_watchman.domain.quantities import Quantity, QuantityValues
 from watti_watchman.domain.readings import PowerSample
 from watti_watchman.domain.register_map import ReadBlock, RegisterMap, decode_blocks
 from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Latest
-from watti_watchman.meters.generic import counter_families, reading_status, up_family, value_families
+from watti_watchman.meters.generic import counter_families, reading_status, up_family
 from watti_watchman.supervisor import Backoff, reraise_swallowed_cancel, supervise
 
 METRIC_PREFIX = "watti_modbus_meter"
@@ -49,11 +50,10 @@ _EXCEPTIONS = {
 }
 
 
-class ModbusMeterConfig(ConfigModel):
+class ModbusMeterConfig(MeterConfig):
     """A meter read over Modbus TCP or RTU frames over TCP, described by a register map."""
 
     type: Literal["ModbusMeter"]
-    name: Name
     host: str = Field(min_length=1)
     port: Port = 502
     unit: int = Field(default=1, ge=0, le=247, description="Modbus unit id (slave address).")
@@ -203,6 +203,8 @@ class ModbusMeter:
         self._clock = clock
         self.reading: Latest[MeterReading] = Latest(clock)
         self.power: Latest[PowerSample] = Latest(clock)
+        self.quantities: tuple[Quantity, ...] = meter_table(config.register_map.registers)
+        self.values: Latest[QuantityValues] = Latest(clock)
         self._logger = logging.getLogger(f"watti_watchman.modbus_meter.{config.name}")
         self._failures = FailureLog(self._logger, clock)
         self._backoff = Backoff(initial_s=min(0.2, config.poll_interval_s), cap_s=10.0)
@@ -268,14 +270,12 @@ class ModbusMeter:
         self._failures.success(f"{self.name}: reading again")
         self._backoff.reset()
         self.reading.publish(reading, arrived_s)
+        self.values.publish(reading.values, arrived_s)
         self.power.publish(reading.power_sample(), arrived_s)
 
     def collect_metrics(self) -> Iterable[Metric]:
-        """Freshness, connection, counters and — only while fresh — the mapped values."""
-        reading = self.reading.get(self.config.max_age_s)
-        yield up_family(METRIC_PREFIX, self.name, reading is not None)
-        if reading is not None:
-            yield from value_families(self.name, reading)
+        """Freshness, connection and counters (the values are exported from the table)."""
+        yield up_family(METRIC_PREFIX, self.name, self.is_fresh())
         connected = GaugeMetricFamily(
             f"{METRIC_PREFIX}_connected", "1 while the TCP connection is open", labels=["name"]
         )

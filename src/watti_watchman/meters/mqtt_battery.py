@@ -19,9 +19,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from pydantic import Field, field_validator
 
 from watti_watchman.clock import Clock, monotonic
-from watti_watchman.config.base import ConfigModel
+from watti_watchman.config.meters import MeterConfig
 from watti_watchman.config.mqtt import MqttConnectionConfig, Name
 from watti_watchman.domain.mqtt_payload import PayloadError, extract, parse_path
+from watti_watchman.domain.quantities import Quantity, QuantityValues
 from watti_watchman.domain.readings import PHASES, BatteryStatus, PhaseSetpoints, PowerSample
 from watti_watchman.failures import OnceLog
 from watti_watchman.latest import Latest
@@ -34,6 +35,21 @@ METRIC_PREFIX = "watti_mqtt_battery"
 KNOWN_REASONS = ("not_json", "missing", "not_a_number", "non_finite", "implausible", "not_connected")
 PLACEHOLDERS = frozenset({"total", "l1", "l2", "l3"})
 FeedbackKey = Literal["power", "soc", "voltage", "max_charge_current", "max_discharge_current"]
+FEEDBACK_QUANTITIES: tuple[Quantity, ...] = (
+    Quantity("power", "Battery power", "W", "power", "measurement", f"{METRIC_PREFIX}_power_watts",
+             metric_help="Battery power from the feedback (W, + = charging)", precision=1),
+    Quantity("soc", "SOC", "%", "battery", "measurement", f"{METRIC_PREFIX}_soc_ratio",
+             metric_help="State of charge from the feedback (0..1)", metric_scale=0.01, precision=1),
+    Quantity("voltage", "Battery voltage", "V", "voltage", "measurement", f"{METRIC_PREFIX}_voltage_volts",
+             metric_help="Battery voltage from the feedback (V)", precision=2),
+    Quantity("max_charge_current", "BMS max charge current", "A", "current", "measurement",
+             f"{METRIC_PREFIX}_max_charge_current_amperes", metric_help="BMS charge current limit (A)",
+             precision=1),
+    Quantity("max_discharge_current", "BMS max discharge current", "A", "current", "measurement",
+             f"{METRIC_PREFIX}_max_discharge_current_amperes", metric_help="BMS discharge current limit (A)",
+             precision=1),
+)  # fmt: skip
+"""The feedback values; a meter's table holds those it is configured to receive."""
 _FEEDBACK_RANGES: dict[str, tuple[float, float]] = {
     "power": (-1e6, 1e6),
     "soc": (0.0, 100.0),
@@ -43,11 +59,10 @@ _FEEDBACK_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
-class MqttBatteryConfig(ConfigModel):
+class MqttBatteryConfig(MeterConfig):
     """A battery inverter commanded over MQTT: setpoint topic, payload template, feedback, watchdog."""
 
     type: Literal["MqttBattery"]
-    name: Name
     mqtt_connection_name: Name
     setpoint_topic: str = Field(min_length=1, pattern=r"^[^#+]+$", description="Where setpoints are written.")
     template: str = Field(
@@ -115,6 +130,10 @@ class MqttBattery:
         self._clock = clock
         self.battery: Latest[BatteryStatus] = Latest(clock)
         self.power: Latest[PowerSample] = Latest(clock)
+        self.quantities: tuple[Quantity, ...] = tuple(
+            q for q in FEEDBACK_QUANTITIES if q.key in config.feedback
+        )
+        self.values: Latest[QuantityValues] = Latest(clock)
         self._logger = logging.getLogger(f"watti_watchman.mqtt_battery.{config.name}")
         self._garbage = OnceLog(self._logger)
         self.errors: Counter[str] = Counter()
@@ -247,6 +266,9 @@ class MqttBattery:
             return
         for key, number in values.items():
             self._feedback[key] = (number, now_s)
+        self.values.publish(
+            {k: v for k, (v, at_s) in self._feedback.items() if now_s - at_s <= self.config.max_age}, now_s
+        )
         if "power" in values:
             watts = values["power"]
             self.power.publish(PowerSample(watts / 3, watts / 3, watts / 3, watts), now_s)
@@ -265,7 +287,7 @@ class MqttBattery:
     # -- observability -------------------------------------------------------------------------
 
     def collect_metrics(self) -> Iterable[Metric]:
-        """Freshness, last setpoint, feedback values, counters and the session."""
+        """Freshness, last setpoint, counters and the session (feedback values come from the table)."""
         yield up_family(METRIC_PREFIX, self.name, self.is_fresh())
         if self._setpoints is not None:
             family = GaugeMetricFamily(
@@ -275,14 +297,6 @@ class MqttBattery:
             )
             for phase, watts in self._setpoints.items():
                 family.add_metric([self.name, phase.lower()], float(watts))
-            yield family
-        now_s = self._clock()
-        for key, (number, at_s) in sorted(self._feedback.items()):
-            if now_s - at_s > self.config.max_age:
-                continue
-            metric, scale = _FEEDBACK_METRICS[key]
-            family = GaugeMetricFamily(f"{METRIC_PREFIX}_{metric}", f"Feedback {key}", labels=["name"])
-            family.add_metric([self.name], number * scale)
             yield family
         yield from counter_families(
             METRIC_PREFIX,
@@ -313,12 +327,3 @@ class MqttBattery:
             "resends": self.resends,
             "errors": dict(self.errors),
         }
-
-
-_FEEDBACK_METRICS: dict[str, tuple[str, float]] = {
-    "power": ("power_watts", 1.0),
-    "soc": ("soc_ratio", 0.01),
-    "voltage": ("voltage_volts", 1.0),
-    "max_charge_current": ("max_charge_current_amperes", 1.0),
-    "max_discharge_current": ("max_discharge_current_amperes", 1.0),
-}

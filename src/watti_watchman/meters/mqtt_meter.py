@@ -17,13 +17,15 @@ from pydantic import Field, model_validator
 
 from watti_watchman.clock import Clock, monotonic
 from watti_watchman.config.base import ConfigModel
+from watti_watchman.config.meters import MeterConfig
 from watti_watchman.config.mqtt import MqttConnectionConfig, Name
-from watti_watchman.domain.meter_values import PHASE_POWER_KEYS, MeterReading, QuantityKey
+from watti_watchman.domain.meter_values import PHASE_POWER_KEYS, MeterReading, QuantityKey, meter_table
 from watti_watchman.domain.mqtt_payload import PayloadAssembler, PayloadError, ValueMapping, parse_path
+from watti_watchman.domain.quantities import Quantity, QuantityValues
 from watti_watchman.domain.readings import PowerSample
 from watti_watchman.failures import OnceLog
 from watti_watchman.latest import Latest
-from watti_watchman.meters.generic import counter_families, reading_status, up_family, value_families
+from watti_watchman.meters.generic import counter_families, reading_status, up_family
 from watti_watchman.mqtt import MqttSession
 from watti_watchman.supervisor import cancel_and_wait
 
@@ -51,11 +53,10 @@ class MqttValueConfig(ConfigModel):
         return self
 
 
-class MqttMeterConfig(ConfigModel):
+class MqttMeterConfig(MeterConfig):
     """A meter whose values arrive as MQTT payloads (Tasmota SML, OpenDTU, Shelly Pro 3EM, …)."""
 
     type: Literal["MqttMeter"]
-    name: Name
     mqtt_connection_name: Name
     values: dict[QuantityKey, MqttValueConfig] = Field(
         min_length=1, description="Quantity → topic, path, scale; needs power_total or power_l1..l3."
@@ -85,6 +86,8 @@ class MqttMeter:
         self._clock = clock
         self.reading: Latest[MeterReading] = Latest(clock)
         self.power: Latest[PowerSample] = Latest(clock)
+        self.quantities: tuple[Quantity, ...] = meter_table(config.values)
+        self.values: Latest[QuantityValues] = Latest(clock)
         self._assembler = PayloadAssembler(config.mappings(), invert=config.invert, max_age_s=config.max_age)
         self._logger = logging.getLogger(f"watti_watchman.mqtt_meter.{config.name}")
         self._garbage = OnceLog(self._logger)
@@ -128,14 +131,12 @@ class MqttMeter:
             return
         if reading is not None:
             self.reading.publish(reading, now_s)
+            self.values.publish(reading.values, now_s)
             self.power.publish(reading.power_sample(), now_s)
 
     def collect_metrics(self) -> Iterable[Metric]:
-        """Freshness, session and counters, and — only while fresh — the mapped values."""
-        reading = self.reading.get(self.config.max_age)
-        yield up_family(METRIC_PREFIX, self.name, reading is not None)
-        if reading is not None:
-            yield from value_families(self.name, reading)
+        """Freshness, session and counters (the values are exported from the table)."""
+        yield up_family(METRIC_PREFIX, self.name, self.is_fresh())
         yield from counter_families(
             METRIC_PREFIX,
             self.name,

@@ -16,8 +16,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from pydantic import Field
 
 from watti_watchman.clock import Clock, monotonic
-from watti_watchman.config.base import ConfigModel
-from watti_watchman.config.mqtt import Name, Port
+from watti_watchman.config.meters import MeterConfig
+from watti_watchman.config.mqtt import Port
+from watti_watchman.domain.quantities import Quantity, QuantityValues
 from watti_watchman.domain.readings import BatteryStatus
 from watti_watchman.domain.seplos import (
     CID2_ALARMS,
@@ -47,15 +48,54 @@ KNOWN_REASONS = (
     "error_response",
     "wrong_reply",
 )
+CELLS = 16
+TEMPERATURES = ("cell 1", "cell 2", "cell 3", "cell 4", "environment", "power stage")
+"""What protocol V2.0 reports (16 cells, 6 sensors); a pack reporting fewer leaves the rest empty."""
+
+
+def _quantity(key: str, label: str, unit: str | None, metric: str, help_text: str, **extra: Any) -> Quantity:
+    return Quantity(key, label, unit, metric=f"{METRIC_PREFIX}_{metric}", metric_help=help_text, **extra)
+
+
+SEPLOS_QUANTITIES: tuple[Quantity, ...] = (
+    _quantity("soc", "SOC", "%", "soc_ratio", "State of charge (0..1)", device_class="battery",
+              state_class="measurement", metric_scale=0.01, precision=1),
+    _quantity("soh", "SOH", "%", "soh_ratio", "State of health (0..1)", state_class="measurement",
+              metric_scale=0.01, precision=1),
+    _quantity("voltage", "Pack voltage", "V", "voltage_volts", "Pack voltage (V)", device_class="voltage",
+              state_class="measurement", precision=2),
+    _quantity("current", "Pack current", "A", "current_amperes", "Pack current (A, + = charging)",
+              device_class="current", state_class="measurement", precision=2),
+    _quantity("power", "Pack power", "W", "power_watts", "Pack power (W, + = charging)", device_class="power",
+              state_class="measurement", precision=0),
+    _quantity("residual_capacity", "Residual capacity", "Ah", "residual_capacity_amperehours",
+              "Residual capacity (Ah)", state_class="measurement", precision=2),
+    _quantity("cycles", "Cycles", None, "cycles", "Charge cycles reported by the BMS",
+              state_class="measurement", diagnostic=True, integer=True),
+    _quantity("max_charge_current", "Max charge current", "A", "max_charge_current_amperes",
+              "Charge current limit in force (A)", device_class="current", state_class="measurement",
+              precision=0),
+    _quantity("max_discharge_current", "Max discharge current", "A", "max_discharge_current_amperes",
+              "Discharge current limit in force (A)", device_class="current", state_class="measurement",
+              precision=0),
+    *(_quantity(f"cell_{n}", f"Cell {n} voltage", "V", "cell_voltage_volts", "Cell voltage (V)",
+                device_class="voltage", state_class="measurement", metric_labels=(("cell", str(n)),),
+                precision=3) for n in range(1, CELLS + 1)),
+    *(_quantity(f"temperature_{n}", f"Temperature {label}", "°C", "temperature_celsius",
+                "Temperatures (°C): sensors 1-4 cells, 5 environment, 6 power stage",
+                device_class="temperature", state_class="measurement", metric_labels=(("sensor", str(n)),),
+                precision=1)
+      for n, label in enumerate(TEMPERATURES, start=1)),
+)  # fmt: skip
+"""Every value the meter exposes (HA, /metrics, /api/status)."""
 MAX_FRAME_BYTES = 4200
 """LENID has 12 bits: no valid frame is longer; a bridge spewing garbage is cut off here."""
 
 
-class SeplosConfig(ConfigModel):
+class SeplosConfig(MeterConfig):
     """A Seplos V2 BMS (protocol 2.0, RS485) reached through a transparent RS485-TCP bridge."""
 
     type: Literal["Seplos"]
-    name: Name
     host: str = Field(min_length=1)
     port: Port = Field(default=8899, description="The bridge's TCP port.")
     address: int = Field(default=0, ge=0, le=15, description="The pack's DIP address on the RS485 bus.")
@@ -78,6 +118,26 @@ class SeplosReadError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def quantity_values(telemetry: Telemetry, status: BatteryStatus) -> QuantityValues:
+    """The table's values for one poll."""
+    values: dict[str, float] = {
+        "soc": telemetry.soc_percent,
+        "soh": telemetry.soh_percent,
+        "voltage": telemetry.voltage_v,
+        "current": telemetry.current_a,
+        "power": telemetry.power_w,
+        "residual_capacity": telemetry.residual_capacity_ah,
+        "cycles": float(telemetry.cycles),
+        "max_charge_current": status.max_charge_current_a or 0.0,
+        "max_discharge_current": status.max_discharge_current_a or 0.0,
+    }
+    values.update({f"cell_{n}": v for n, v in enumerate(telemetry.cell_voltages_v[:CELLS], start=1)})
+    values.update(
+        {f"temperature_{n}": c for n, c in enumerate(telemetry.temperatures_c[: len(TEMPERATURES)], start=1)}
+    )
+    return values
 
 
 def battery_status(config: SeplosConfig, telemetry: Telemetry, alarms: Alarms) -> BatteryStatus:
@@ -151,6 +211,8 @@ class SeplosMeter:
         self.telemetry: Latest[Telemetry] = Latest(clock)
         self.alarms: Latest[Alarms] = Latest(clock)
         self.battery: Latest[BatteryStatus] = Latest(clock)
+        self.quantities: tuple[Quantity, ...] = SEPLOS_QUANTITIES
+        self.values: Latest[QuantityValues] = Latest(clock)
         self._logger = logging.getLogger(f"watti_watchman.seplos.{config.name}")
         self._failures = FailureLog(self._logger, clock)
         self._backoff = Backoff(initial_s=0.2, cap_s=5.0)
@@ -208,55 +270,16 @@ class SeplosMeter:
         self.alarms.publish(alarms, now_s)
         self._failures.success(f"{self.name}: BMS answering again")
         self._backoff.reset()
-        self.battery.publish(battery_status(self.config, telemetry, alarms), now_s)
+        status = battery_status(self.config, telemetry, alarms)
+        self.battery.publish(status, now_s)
+        self.values.publish(quantity_values(telemetry, status), now_s)
 
     def collect_metrics(self) -> Iterable[Metric]:
-        """Freshness, pack values, cell voltages, temperatures, active alarms and counters."""
+        """Freshness, active alarms and counters (the values are exported from the table)."""
         name = self.name
         fresh = self.is_fresh()
         yield up_family(METRIC_PREFIX, name, fresh)
-        telemetry = self.telemetry.get(self.config.max_age)
-        status = self.battery.get(self.config.max_age)
         alarms = self.alarms.get(self.config.max_age)
-        if telemetry is not None:
-            for metric, help_text, value in (
-                ("soc_ratio", "State of charge (0..1)", telemetry.soc_percent / 100),
-                ("soh_ratio", "State of health (0..1)", telemetry.soh_percent / 100),
-                ("voltage_volts", "Pack voltage (V)", telemetry.voltage_v),
-                ("current_amperes", "Pack current (A, + = charging)", telemetry.current_a),
-                ("power_watts", "Pack power (W, + = charging)", telemetry.power_w),
-                ("residual_capacity_amperehours", "Residual capacity (Ah)", telemetry.residual_capacity_ah),
-                ("cycles", "Charge cycles reported by the BMS", float(telemetry.cycles)),
-            ):
-                family = GaugeMetricFamily(f"{METRIC_PREFIX}_{metric}", help_text, labels=["name"])
-                family.add_metric([name], value)
-                yield family
-            cells = GaugeMetricFamily(
-                f"{METRIC_PREFIX}_cell_voltage_volts", "Cell voltage (V)", labels=["name", "cell"]
-            )
-            for index, volts in enumerate(telemetry.cell_voltages_v, start=1):
-                cells.add_metric([name, str(index)], volts)
-            yield cells
-            temperatures = GaugeMetricFamily(
-                f"{METRIC_PREFIX}_temperature_celsius",
-                "Temperatures (°C): sensors 1-4 cells, 5 environment, 6 power stage",
-                labels=["name", "sensor"],
-            )
-            for index, celsius in enumerate(telemetry.temperatures_c, start=1):
-                temperatures.add_metric([name, str(index)], celsius)
-            yield temperatures
-        if status is not None:
-            for metric, help_text, amps in (
-                ("max_charge_current_amperes", "Charge current limit (A)", status.max_charge_current_a),
-                (
-                    "max_discharge_current_amperes",
-                    "Discharge current limit (A)",
-                    status.max_discharge_current_a,
-                ),
-            ):
-                family = GaugeMetricFamily(f"{METRIC_PREFIX}_{metric}", help_text, labels=["name"])
-                family.add_metric([name], float(amps or 0.0))
-                yield family
         if alarms is not None:
             active = GaugeMetricFamily(
                 f"{METRIC_PREFIX}_alarm", "1 for each active alarm or protection", labels=["name", "event"]

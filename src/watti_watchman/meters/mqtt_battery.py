@@ -201,7 +201,9 @@ class MqttBattery:
         finally:
             watchdog.cancel()
             try:
-                await self._sign_off()  # while the session is still connected
+                # While the session is still connected, and in a task of its own: this one is being
+                # cancelled, and publishing re-raises a pending cancellation.
+                await asyncio.create_task(self._sign_off(), name=f"{self.name} sign-off")
             finally:
                 await cancel_and_wait([session, watchdog], self._logger)
 

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.modbus_fixtures import load_janitza_sample
 from tests.support.waiting import wait_until
+from tests.test_cli import watti
 from watti_watchman.config.register_map import SHIPPED_MAPS, load_register_map
 from watti_watchman.domain.janitza import QUANTITIES_BY_KEY, encode_values
 from watti_watchman.domain.meter_values import meter_table, reading_from_values
@@ -261,3 +262,27 @@ async def test_read_once_names_a_wrong_function_code() -> None:
     async with MapServer(SDM630) as server:
         with pytest.raises(ModbusReadError, match="function_code"):
             await read_once(config_for(server, "janitza_umg604"))
+
+
+async def test_read_meter_and_check_from_the_command_line(tmp_path: Path) -> None:
+    """`read-meter` reads any mapped meter once through a bridge; `check` summarises it; a bad map exits 2."""
+    async with MapServer(SDM630, framing="rtu_over_tcp", unit=4) as server:
+        server.set_values(
+            {"power_l1": 1234.5, "power_total": 1234.5, "frequency": 50.0, "energy_import": 42000.0}
+        )
+        config = tmp_path / "watti_watchman.yml"
+        config.write_text(
+            "meters:\n  - type: ModbusMeter\n    name: sdm\n    host: 127.0.0.1\n"
+            f"    port: {server.port}\n    unit: 4\n    framing: rtu_over_tcp\n    map: eastron_sdm630\n"
+        )
+        code, out, err = await watti("read-meter", "sdm", "-c", str(config))
+        assert code == 0, err
+        assert "1234.5 W" in out
+        assert "42000 Wh" in out
+        code, out, _ = await watti("check", "-c", str(config))
+        assert code == 0
+        assert "eastron_sdm630 map at 127.0.0.1" in out
+    config.write_text(config.read_text().replace("map: eastron_sdm630", "map: nonexistent.yml"))
+    code, _, err = await watti("check", "-c", str(config))
+    assert code == 2
+    assert "meters[0].map" in err

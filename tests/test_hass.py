@@ -226,12 +226,14 @@ def test_allowed_table_and_state_rules() -> None:
     """The validator enforces PROTOCOLS §5; states carry no non-finite value and no counter regression."""
     check_sensor_classes("energy", "kWh", "total_increasing")
     check_sensor_classes("power_factor", None, "measurement")
+    check_sensor_classes("temperature", "°C", "measurement")
     for bad in (
         ("reactive_power", "VAr", "measurement"),
         ("energy", "Wh", "measurement"),
         ("power", "W", "total_increasing"),
         (None, None, "total_increasing"),
-        ("temperature", "°C", "measurement"),
+        ("temperature", "C", "measurement"),
+        ("pressure", "hPa", "measurement"),
     ):
         with pytest.raises(DiscoveryError):
             check_sensor_classes(*bad)

@@ -203,9 +203,7 @@ class MqttBattery:
         finally:
             watchdog.cancel()
             try:
-                # While the session is still connected, and in a task of its own: this one is being
-                # cancelled, and publishing re-raises a pending cancellation.
-                await asyncio.create_task(self._sign_off(), name=f"{self.name} sign-off")
+                await self._sign_off()  # while the session is still connected
             finally:
                 await cancel_and_wait([session, watchdog], self._logger)
 

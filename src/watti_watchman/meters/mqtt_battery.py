@@ -109,6 +109,11 @@ class MqttBatteryConfig(MeterConfig):
         return value
 
     @property
+    def delivers_power(self) -> bool:
+        """True when a feedback power topic makes this a power meter too (see `config/checks.py`)."""
+        return "power" in self.feedback
+
+    @property
     def will_topic(self) -> str:
         """The status topic (retained online/offline, last will)."""
         return self.status_topic or f"{self.setpoint_topic}/controller"

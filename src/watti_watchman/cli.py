@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import signal
 import sys
@@ -86,8 +87,16 @@ def _summary(resolved: ResolvedConfig, path: Path) -> str:
             f"{k}={v}" for k, v in fields.items() if k.endswith("_name") or k in {"target_setpoint", "mode"}
         )
         lines.append(f"  service {service.type} '{service.name}': {shown}")
-    lines.append(f"  http: {config.http.host}:{config.http.port}")
+    reach = "this host only" if _is_loopback(config.http.host) else "reachable from the network"
+    lines.append(f"  http: {config.http.host}:{config.http.port} ({reach})")
     return "\n".join(lines)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 async def _run_until_signal(resolved: ResolvedConfig, dry_run: bool) -> int:

@@ -180,7 +180,10 @@ class VictronMeter:
     async def _maintain(self) -> None:
         while True:
             reraise_swallowed_cancel()
-            tick_s = min(0.25, self.keepalive_interval_s / 4, self.config.max_age / 8)
+            tick_s = min(0.25, self.keepalive_interval_s / 4, self.config.max_age / 4)
+            if self._dialect != "flashmq" and self._probe_s is not None and self.session.is_connected:
+                due_s = self._probe_s + self.config.max_age / 4 - self._clock()  # probe on time
+                tick_s = min(tick_s, max(due_s, 0.001))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(tick_s):
                     await self._wake.wait()

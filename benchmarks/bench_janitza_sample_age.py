@@ -16,7 +16,8 @@ from pathlib import Path
 
 from watti_watchman.config.meters import JanitzaConfig
 from watti_watchman.domain.janitza import QUANTITIES_BY_KEY
-from watti_watchman.meters.janitza import FixedSchedule, JanitzaMeter
+from watti_watchman.domain.janitza_timing import FixedSchedule
+from watti_watchman.meters.janitza import JanitzaMeter
 from watti_watchman.sim.janitza_server import JanitzaServer
 
 PERIOD_S = 0.2

@@ -258,8 +258,12 @@ async def test_metrics_expose_all_values_and_counters(janitza_server: JanitzaSer
     assert exposed[("watti_janitza_reads_total", hak)] >= 3
     assert exposed[("watti_janitza_errors_total", (("name", "hak"), ("reason", "read_timeout")))] == 0.0
     modes = [value for (name, _), value in exposed.items() if name == "watti_janitza_poll_mode"]
-    assert sorted(modes) == [0.0, 0.0, 1.0]
+    assert sorted(modes) == [0.0, 0.0, 0.0, 1.0]
     assert ("watti_janitza_sample_age_seconds_count", hak) in exposed
+    assert 0.198 <= exposed[("watti_janitza_refresh_period_seconds", hak)] <= 0.202
+    assert 49.5 <= exposed[("watti_janitza_refresh_implied_frequency_hertz", hak)] <= 50.5
+    assert ("watti_janitza_refresh_slips_total", hak) in exposed
+    assert ("watti_janitza_refresh_reacquisitions_total", hak) in exposed
     assert ("watti_janitza_cycle_overruns_total", hak) in exposed
 
 

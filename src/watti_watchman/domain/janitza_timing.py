@@ -81,15 +81,17 @@ class TimingTuning:
 
     period_tolerance: float = 0.01
     """Largest relative deviation of the period from nominal that is believed (±1 %: 49.5–50.5 Hz)."""
-    margin_s: float = 0.0015
+    margin_s: float = 0.0025
     """The data read comes this long after the predicted change."""
-    creep_s: float = 0.0001
+    creep_s: float = 0.00005
     """While data reads find the change already there, the prediction creeps earlier by this much
     per window, doubling after `creep_windows` in a row (up to `max_creep_s`): an early drift is
     followed, and a read that comes too early then brackets the change tightly."""
-    creep_windows: int = 8
+    creep_windows: int = 3
+    phase_gain: float = 0.3
+    """A tight bracket moves the predicted phase this fraction of the way (update jitter averages out)."""
     max_creep_s: float = 0.001
-    guard_s: float = 0.004
+    guard_s: float = 0.006
     """A probe comes this long before the predicted change (must still see the old values)."""
     retry_s: float = 0.002
     """After a read that still shows the old values, the next follows this soon (for `jump_s`)."""
@@ -101,12 +103,14 @@ class TimingTuning:
     """Then one window in this many gets a probe: an early change is seen within this many windows."""
     quiet_windows: int = 25
     """After this many windows without a slip the meter counts as quiet: probes get sparser."""
-    quiet_probe_every: int = 4
-    """Probe spacing (windows) of a quiet meter: 5 × (1 + 1/4 + retries) ≈ 6.8 reads/s at 50 Hz."""
+    quiet_probe_every: int = 5
+    """Probe spacing (windows) of a quiet meter: 5 × (1 + 1/5 + retries) ≈ 7 reads/s at 50 Hz."""
     fit_points: int = 6
     """Tight change brackets the period least-squares fit uses (newest)."""
-    tight_s: float = 0.005
-    """Brackets at most this wide are tight enough for the period fit."""
+    fit_span: int = 8
+    """Windows the fitted brackets must span before the period estimate changes."""
+    tight_slack_s: float = 0.001
+    """A bracket is tight (enters the fit) when at most the read spacing + 2 round trips + this."""
     jump_s: float = 0.008
     """A change later than predicted by more than this is a phase jump: the fit restarts."""
     search_periods: float = 2.0
@@ -126,8 +130,8 @@ class PhaseLockedSchedule:
     the window where the next one must be) and `fixed` (no change within `search_periods`:
     polling every `fixed_interval_s` until the values change regularly again).
 
-    The phase is set by each tight bracket (a data read that came too early and its retries) and
-    creeps earlier while the data reads find the change already there; the period is a
+    The phase moves toward each tight bracket (a data read that came too early and its retries)
+    and creeps earlier while the data reads find the change already there; the period is a
     least-squares fit over the tight brackets, restarted on each phase jump.
     """
 
@@ -153,6 +157,7 @@ class PhaseLockedSchedule:
         self._run = 0
         self._reacquire_from_s = 0.0
         self._changes: deque[float] = deque(maxlen=tuning.regular_changes + 1)
+        self._rtt_s = 0.0
 
     @property
     def predicted_change_s(self) -> float:
@@ -186,16 +191,19 @@ class PhaseLockedSchedule:
         if self._late:
             near = last.sent_s < predicted_s + tuning.jump_s
             return last.sent_s + (tuning.retry_s if near else tuning.burst_s)
-        probe_s = predicted_s - tuning.guard_s
+        # A reply shows the values of about half its round trip after it was sent.
+        probe_s = predicted_s - tuning.guard_s - self._rtt_s / 2
         if self._probe_due and last.sent_s < probe_s:
             return probe_s
-        return max(predicted_s + tuning.margin_s, last.sent_s + tuning.retry_s)
+        return max(predicted_s + tuning.margin_s - self._rtt_s / 2, last.sent_s + tuning.retry_s)
 
     def observe(self, read: ReadTiming) -> ChangeEstimate | None:
         """Learn from one read; for a new window, the estimated time its values appeared."""
         previous, self._last = self._last, read
         if read.new_window is None:
             return None
+        rtt_s = read.arrived_s - read.sent_s
+        self._rtt_s = rtt_s if self._rtt_s == 0.0 else self._rtt_s + 0.1 * (rtt_s - self._rtt_s)
         lo_s, self._old_sent_s = self._old_sent_s, read.sent_s
         if lo_s is None:
             self._search_since_s = read.sent_s
@@ -267,12 +275,14 @@ class PhaseLockedSchedule:
             self.reacquisitions += 1
             self._lock(lo_s, hi_s)
             return bracket
-        tight = hi_s - lo_s <= tuning.tight_s
+        tight = hi_s - lo_s <= self._tight_s(tuning.retry_s)
         if tight:
             self._points.append((self._index, bracket.at_s))
             self._fit()
         if tight:
-            self._predicted_s, self._run = bracket.at_s, 0
+            gain = max(tuning.phase_gain, 1 / len(self._points))
+            self._predicted_s += gain * (bracket.at_s - self._predicted_s)
+            self._run = 0
         else:
             self._run += 1
             excess = max(0, self._run - tuning.creep_windows)
@@ -291,6 +301,10 @@ class PhaseLockedSchedule:
         change_s = self._predicted_s - self.period_s
         return ChangeEstimate(min(read.arrived_s, max(lo_s, change_s)), self.tuning.guard_s / 2)
 
+    def _tight_s(self, spacing_s: float) -> float:
+        """Widest bracket (s) reads `spacing_s` apart can give around a change."""
+        return spacing_s + 2 * self._rtt_s + self.tuning.tight_slack_s
+
     def _start_search(self, since_s: float) -> None:
         self.mode = "searching"
         self._late = False
@@ -300,7 +314,8 @@ class PhaseLockedSchedule:
         """Restart the phase at this change (window 0); the period estimate is kept."""
         self.mode = "phase_locked"
         self._points.clear()
-        self._points.append((0, (lo_s + hi_s) / 2))
+        if hi_s - lo_s <= self._tight_s(self.tuning.retry_s):
+            self._points.append((0, (lo_s + hi_s) / 2))
         self._predicted_s = (lo_s + hi_s) / 2
         self._index = 0
         self._calm = 0
@@ -320,13 +335,11 @@ class PhaseLockedSchedule:
         """Least-squares slope of change time over window index, clamped to the tolerance."""
         points, tuning = self._points, self.tuning
         count = len(points)
-        if count < 3:
+        if count < 3 or points[-1][0] - points[0][0] < tuning.fit_span:
             return
         mean_k = sum(k for k, _ in points) / count
         mean_t = sum(t for _, t in points) / count
         spread = sum((k - mean_k) ** 2 for k, _ in points)
-        if spread < 4:
-            return
         slope = sum((k - mean_k) * (t - mean_t) for k, t in points) / spread
         low, high = (self.nominal_period_s * (1 + s * tuning.period_tolerance) for s in (-1, 1))
         self.period_s = min(high, max(low, slope))

@@ -14,10 +14,11 @@ from watti_watchman.config.loader import parse_config
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.config.resolve import ResolvedConfig
 from watti_watchman.sim.janitza_server import JanitzaServer
+from watti_watchman.sim.meter_clock import FIELD, MeterTiming
 from watti_watchman.sim.plant import PRESETS, Plant, PlantConfig, Profile
 from watti_watchman.sim.scenario import load_scenario
 from watti_watchman.sim.venus import VenusEmulator
-from watti_watchman.sim.world import RealTimePlant
+from watti_watchman.sim.world import RealTimePlant, meter_clocks
 from watti_watchman.supervisor import cancel_and_wait
 
 logger = logging.getLogger("watti_watchman.demo")
@@ -69,18 +70,17 @@ async def simulated_site(
     initial_soc_percent: float = 50.0,
     plant_preset: str = "medium",
     run_plant: bool = True,
+    timing: MeterTiming = FIELD,
 ) -> AsyncIterator[SimulatedSite]:
     """Start the simulated peers against the broker at 127.0.0.1:`mqtt_port`; the plant runs as a task.
 
+    The meters' windows move as `timing` says (default: the field's frequency wander and jitter).
     With `run_plant` False the meters serve whatever the caller sets (latency measurements).
     """
-    plant = Plant(
-        PlantConfig(
-            inverter=PRESETS[plant_preset], initial_soc_percent=initial_soc_percent, offset_w=PLANT_OFFSET_W
-        ),
-        load,
-        pv,
+    config = PlantConfig(
+        inverter=PRESETS[plant_preset], initial_soc_percent=initial_soc_percent, offset_w=PLANT_OFFSET_W
     )
+    plant = Plant(config, load, pv, window_clocks=meter_clocks(timing, config))
     zero = [0.0] * 39
     grid_server = JanitzaServer(zero, unit=GRID_UNIT)
     battery_server = JanitzaServer(zero, unit=BATTERY_UNIT)

@@ -1,6 +1,11 @@
-"""The simulated plant in real time, wired to two Janitza Modbus servers and a Venus OS emulator."""
+"""The simulated plant in real time, wired to two Janitza Modbus servers and a Venus OS emulator.
+
+Each meter's windows close on its own clock (`sim/meter_clock.py`: grid-frequency wander, update
+jitter, phase jumps); the values reach the Modbus server at the close, to the millisecond.
+"""
 
 import asyncio
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -9,7 +14,8 @@ from watti_watchman.clock import Clock, monotonic
 from watti_watchman.domain.janitza import JANITZA_VALUE_COUNT
 from watti_watchman.domain.readings import Phase, PowerSample
 from watti_watchman.sim.janitza_server import JanitzaServer
-from watti_watchman.sim.plant import MeterWindow, Plant
+from watti_watchman.sim.meter_clock import MeterTiming, WindowClock
+from watti_watchman.sim.plant import MeterKind, MeterWindow, Plant, PlantConfig
 from watti_watchman.sim.venus import VenusEmulator
 
 logger = logging.getLogger("watti_watchman.sim.world")
@@ -74,6 +80,17 @@ def janitza_values(sample: PowerSample, energy: EnergyCounters, frequency_hz: fl
     return values
 
 
+def meter_clocks(
+    timing: MeterTiming, config: PlantConfig, start_s: float = 0.0
+) -> dict[MeterKind, WindowClock]:
+    """Window clocks for both meters: one grid frequency, each its own jitter, jumps and phase."""
+    battery = dataclasses.replace(timing, seed=timing.seed + 1)
+    return {
+        "grid": WindowClock(timing, start_s, config.grid_window_offset_s),
+        "battery": WindowClock(battery, start_s, config.battery_window_offset_s),
+    }
+
+
 class RealTimePlant:
     """Runs `plant` against the wall clock: meter windows go to the Modbus servers when they end,
     the Multi's setpoints come from the Venus emulator, the battery state goes back to it."""
@@ -133,4 +150,5 @@ class RealTimePlant:
             if now_s >= next_venus_s:
                 next_venus_s = now_s + VENUS_INTERVAL_S
                 self._sync_venus()
-            await asyncio.sleep(POLL_S)
+            wake_s = min(self.plant.next_window_end_s(), now_s + POLL_S)
+            await asyncio.sleep(max(0.0, wake_s - (self._clock() - start_s)))

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -104,6 +105,7 @@ class MqttSession:
     async def _session(self) -> None:
         async with self._make_client() as client:
             self._client = client
+            _no_delay(client)
             try:
                 self.connects_total += 1
                 self.backoff.reset()
@@ -183,3 +185,10 @@ class MqttSession:
         for reason, count in sorted(self.failures.by_reason.items()):
             errors.add_metric([*values, reason], count)
         yield errors
+
+
+def _no_delay(client: aiomqtt.Client) -> None:
+    """Disable Nagle on the connection: a setpoint must not wait for the ACK of the one before."""
+    sock = client._client.socket()
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

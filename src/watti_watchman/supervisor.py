@@ -61,6 +61,9 @@ async def supervise(
         except asyncio.CancelledError:
             raise
         except Exception as error:
+            # A library's `wait_for` may have turned our cancellation into this error: a task group
+            # cancels its children only once, so retrying here would outlive the shutdown.
+            reraise_swallowed_cancel()
             reason_or_none = classify(error)
             if reason_or_none is None:
                 raise

@@ -14,11 +14,11 @@ from watti_watchman.config.loader import parse_config
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.config.resolve import ResolvedConfig
 from watti_watchman.sim.janitza_server import JanitzaServer
-from watti_watchman.sim.meter_clock import FIELD, MeterTiming
+from watti_watchman.sim.meter_clock import FIELD, MeterTiming, meter_clocks
 from watti_watchman.sim.plant import PRESETS, Plant, PlantConfig, Profile
 from watti_watchman.sim.scenario import load_scenario
 from watti_watchman.sim.venus import VenusEmulator
-from watti_watchman.sim.world import RealTimePlant, meter_clocks
+from watti_watchman.sim.world import RealTimePlant
 from watti_watchman.supervisor import cancel_and_wait
 
 logger = logging.getLogger("watti_watchman.demo")
@@ -80,7 +80,12 @@ async def simulated_site(
     config = PlantConfig(
         inverter=PRESETS[plant_preset], initial_soc_percent=initial_soc_percent, offset_w=PLANT_OFFSET_W
     )
-    plant = Plant(config, load, pv, window_clocks=meter_clocks(timing, config))
+    plant = Plant(
+        config,
+        load,
+        pv,
+        window_clocks=meter_clocks(timing, config.grid_window_offset_s, config.battery_window_offset_s),
+    )
     zero = [0.0] * 39
     grid_server = JanitzaServer(zero, unit=GRID_UNIT)
     battery_server = JanitzaServer(zero, unit=BATTERY_UNIT)

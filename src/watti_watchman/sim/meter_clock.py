@@ -7,10 +7,12 @@ keeps them: they are the truth tests and benchmarks measure against, never the p
 """
 
 import bisect
+import dataclasses
 import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 FrequencyProfile = Callable[[float], float]
 """Grid frequency (Hz) at a time (s, the clock's own time base)."""
@@ -62,6 +64,8 @@ class MeterTiming:
 
 FIELD = MeterTiming()
 """The realistic default: slow wander within 49.8–50.2 Hz and ±2 ms update jitter, no restarts."""
+DISTURBED = MeterTiming(jump_every_s=(2.0, 4.0))
+"""The field plus a meter restart (phase jump of up to ±190 ms) every 2–4 s: the benchmarks' case."""
 PERFECT = MeterTiming(frequency=steady(50.0), jitter_s=0.0)
 """An exact 200 ms grid (kinder than any real meter: only for tests of other things)."""
 
@@ -119,3 +123,14 @@ class WindowClock:
     def _jump_after(self, t_s: float) -> float:
         every = self.timing.jump_every_s
         return math.inf if every is None else t_s + self._rng.uniform(*every)
+
+
+def meter_clocks(
+    timing: MeterTiming, grid_offset_s: float, battery_offset_s: float, start_s: float = 0.0
+) -> dict[Literal["grid", "battery"], WindowClock]:
+    """Clocks for a site's two meters: one grid frequency, each its own jitter, jumps and phase."""
+    battery = dataclasses.replace(timing, seed=timing.seed + 1)
+    return {
+        "grid": WindowClock(timing, start_s, grid_offset_s),
+        "battery": WindowClock(battery, start_s, battery_offset_s),
+    }

@@ -5,7 +5,6 @@ jitter, phase jumps); the values reach the Modbus server at the close, to the mi
 """
 
 import asyncio
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -14,8 +13,7 @@ from watti_watchman.clock import Clock, monotonic
 from watti_watchman.domain.janitza import JANITZA_VALUE_COUNT
 from watti_watchman.domain.readings import Phase, PowerSample
 from watti_watchman.sim.janitza_server import JanitzaServer
-from watti_watchman.sim.meter_clock import MeterTiming, WindowClock
-from watti_watchman.sim.plant import MeterKind, MeterWindow, Plant, PlantConfig
+from watti_watchman.sim.plant import MeterWindow, Plant
 from watti_watchman.sim.venus import VenusEmulator
 
 logger = logging.getLogger("watti_watchman.sim.world")
@@ -78,17 +76,6 @@ def janitza_values(sample: PowerSample, energy: EnergyCounters, frequency_hz: fl
     ]
     assert len(values) == JANITZA_VALUE_COUNT
     return values
-
-
-def meter_clocks(
-    timing: MeterTiming, config: PlantConfig, start_s: float = 0.0
-) -> dict[MeterKind, WindowClock]:
-    """Window clocks for both meters: one grid frequency, each its own jitter, jumps and phase."""
-    battery = dataclasses.replace(timing, seed=timing.seed + 1)
-    return {
-        "grid": WindowClock(timing, start_s, config.grid_window_offset_s),
-        "battery": WindowClock(battery, start_s, config.battery_window_offset_s),
-    }
 
 
 class RealTimePlant:

@@ -4,9 +4,10 @@ Every bundled scenario (except the looping `demo`) on every plant preset, in vir
 (`watti_watchman.sim.virtual`): the real `ChargeController` task, its meters read by the modelled
 production poller on meter windows that wander, jitter and (`--timing disturbed`, the default)
 jump every 2–4 s, with 2 ms reads and a 5 ms write latency, the reference loop (blind 100 ms
-polls at random phases, averaged over `--seeds` phase draws), and both oracles. Prints two Markdown tables (energy and dynamics) and a
-verdict on the issue's targets: exported energy <= 1.25 × the meter-limited oracle and below the
-reference everywhere, no oscillation (no segment with 2 or more band reversals).
+polls at random phases, averaged over `--seeds` phase draws), and both oracles. Prints two
+Markdown tables (energy and dynamics) and a verdict on the issue's targets: exported energy
+<= 1.25 × the meter-limited oracle and below the reference everywhere, no oscillation (no
+segment with 2 or more band reversals).
 
 Run: `uv run python -m benchmarks.bench_regulation [--seeds N] [--set key=value ...]`
 (`--set` overrides a `ChargeControllerConfig` field for our controller, e.g. `--set deadband=0`).

@@ -302,7 +302,7 @@ class ChargeController:
         yield setpoint
         latency = HistogramMetricFamily(
             "watti_controller_decision_latency_seconds",
-            "Grid sample arrival to setpoint write done (s)",
+            "Estimated close of the grid meter window to setpoint write done (s; polling delay included)",
             labels=["name"],
         )
         latency.add_metric(labels, self._latency.buckets(), self._latency.sum_s)

@@ -53,15 +53,16 @@ async def refresh_forever(
         refreshes.at_s[window] = server.changed_at_s[-1]
 
 
-async def record(meter: JanitzaMeter, base: tuple[float, ...], seen: list[tuple[float, int]]) -> None:
-    """Every published reading as (arrival s, window number)."""
+async def record(meter: JanitzaMeter, base: tuple[float, ...], seen: list[tuple[float, int, float]]) -> None:
+    """Every published reading as (arrival s, window number, its time stamp s)."""
     seq = 0
     while True:
         stamped = await meter.reading.wait_newer(seq, None)
         if stamped is None:
             continue
         seq = stamped.seq
-        seen.append((stamped.at_s, round(stamped.value.values[MARKER] - base[MARKER])))
+        window = round(stamped.value.values[MARKER] - base[MARKER])
+        seen.append((time.monotonic(), window, stamped.at_s))
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -83,7 +84,7 @@ async def main(seconds: float, timing: MeterTiming) -> None:
         }
         meters["fixed 100 ms"].schedule = FixedSchedule(0.1)
         meters["fixed 200 ms"].schedule = FixedSchedule(0.2)
-        seen: dict[str, list[tuple[float, int]]] = {label: [] for label in meters}
+        seen: dict[str, list[tuple[float, int, float]]] = {label: [] for label in meters}
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(refresh_forever(server, base, refreshes, timing))]
             for label, meter in meters.items():
@@ -102,21 +103,24 @@ async def main(seconds: float, timing: MeterTiming) -> None:
     print(f"meter on its own clock, {seconds:.0f} s run, first {WARMUP_S:.0f} s skipped")
     header = (
         f"{'polling':<14}{'age p50 ms':>11}{'age p99 ms':>11}{'age max ms':>11}{'reads/s':>9}{'missed':>8}"
+        f"{'stamp err p50 / p99 ms':>24}"
     )
     print(header)
     print("-" * len(header))
     windows = set(range(first_window, last_window + 1))
     for label, meter in meters.items():
-        ages_ms = [
-            (at_s - refreshes.at_s[window]) * 1000
-            for at_s, window in seen[label]
-            if window in windows and window in refreshes.at_s
-        ]
-        missed = len(windows - {window for _, window in seen[label]})
+        first: dict[int, tuple[float, int, float]] = {}
+        for arrived_s, w, stamp_s in seen[label]:
+            first.setdefault(w, (arrived_s, w, stamp_s))  # later ones are re-publications
+        kept = [entry for w, entry in first.items() if w in windows and w in refreshes.at_s]
+        ages_ms = [(arrived_s - refreshes.at_s[w]) * 1000 for arrived_s, w, _ in kept]
+        errors_ms = [abs(stamp_s - refreshes.at_s[w]) * 1000 for _, w, stamp_s in kept]
+        missed = len(windows - {w for _, w, _ in seen[label]})
         reads_per_s = (meter.reads - reads_at_warmup[label]) / measured_s
         print(
             f"{label:<14}{statistics.median(ages_ms):>11.2f}{percentile(ages_ms, 0.99):>11.2f}"
             f"{max(ages_ms):>11.2f}{reads_per_s:>9.2f}{missed:>8d}"
+            f"{statistics.median(errors_ms):>13.2f} / {percentile(errors_ms, 0.99):>6.2f}"
         )
 
 

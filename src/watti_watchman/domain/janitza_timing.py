@@ -95,13 +95,13 @@ class TimingTuning:
     """A probe comes this long before the predicted change (must still see the old values)."""
     retry_s: float = 0.002
     """After a read that still shows the old values, the next follows this soon (for `jump_s`)."""
-    burst_s: float = 0.008
+    burst_s: float = 0.012
     """Spacing of reads while searching or re-acquiring a lost change."""
-    settle_windows: int = 4
+    settle_windows: int = 2
     """After a lock or a slip every window gets a probe for this many windows."""
     probe_every: int = 2
     """Then one window in this many gets a probe: an early change is seen within this many windows."""
-    quiet_windows: int = 25
+    quiet_windows: int = 10
     """After this many windows without a slip the meter counts as quiet: probes get sparser."""
     quiet_probe_every: int = 5
     """Probe spacing (windows) of a quiet meter: 5 × (1 + 1/5 + retries) ≈ 7 reads/s at 50 Hz."""

@@ -280,7 +280,9 @@ class JanitzaMeter:
     def _confirms_static_values(self, arrived_s: float) -> bool:
         """Unchanged values are republished only when the meter shows no regular refresh."""
         newest = self.reading.snapshot()
-        return newest is None or arrived_s - newest.at_s >= 1.5 * self.config.interval
+        if newest is None:
+            return True
+        return self.schedule.mode == "fixed" and arrived_s - newest.at_s >= 1.5 * self.config.interval
 
     def _count_window(self, arrived_s: float, estimate: ChangeEstimate | None) -> None:
         self.new_windows += 1

@@ -93,6 +93,8 @@ class TimingTuning:
     max_creep_s: float = 0.001
     guard_s: float = 0.006
     """A probe comes this long before the predicted change (must still see the old values)."""
+    max_wake_s: float = 0.003
+    """Largest mean lateness of reads against their plan that is planned around (task wake-up)."""
     retry_s: float = 0.002
     """After a read that still shows the old values, the next follows this soon (for `jump_s`)."""
     burst_s: float = 0.012
@@ -158,6 +160,7 @@ class PhaseLockedSchedule:
         self._reacquire_from_s = 0.0
         self._changes: deque[float] = deque(maxlen=tuning.regular_changes + 1)
         self._rtt_s = 0.0
+        self._wake_s = 0.0
 
     @property
     def predicted_change_s(self) -> float:
@@ -191,14 +194,19 @@ class PhaseLockedSchedule:
         if self._late:
             near = last.sent_s < predicted_s + tuning.jump_s
             return last.sent_s + (tuning.retry_s if near else tuning.burst_s)
-        # A reply shows the values of about half its round trip after it was sent.
-        probe_s = predicted_s - tuning.guard_s - self._rtt_s / 2
+        # A reply shows the values of about half its round trip after it was sent, and a read
+        # goes out about `_wake_s` after it was planned.
+        early_s = self._rtt_s / 2 + self._wake_s
+        probe_s = predicted_s - tuning.guard_s - early_s
         if self._probe_due and last.sent_s < probe_s:
             return probe_s
-        return max(predicted_s + tuning.margin_s - self._rtt_s / 2, last.sent_s + tuning.retry_s)
+        return max(predicted_s + tuning.margin_s - early_s, last.sent_s + tuning.retry_s)
 
     def observe(self, read: ReadTiming) -> ChangeEstimate | None:
         """Learn from one read; for a new window, the estimated time its values appeared."""
+        if self.mode == "phase_locked" and self._last is not None and self._last.new_window is not None:
+            late_s = min(self.tuning.max_wake_s, max(0.0, read.sent_s - self.next_read_at()))
+            self._wake_s += 0.1 * (late_s - self._wake_s)
         previous, self._last = self._last, read
         if read.new_window is None:
             return None

@@ -41,8 +41,8 @@ STEP_EVERY_S = (0.5, 1.2)
 WARMUP_S = 8.0
 MOVED_W = 100.0
 """A setpoint on L1 this far from the one before the step counts as the answer to it (W)."""
-LOCKED_S = 0.010
-"""A window first read more than this after its change counts as not (yet) re-locked."""
+LOCKED_S = 0.015
+"""A window first read more than this after its change (the p99 target) counts as not re-locked."""
 TIMING = MeterTiming(frequency=wander(11), jitter_s=0.002, jump_every_s=(2.0, 4.0), jump_max_s=0.19, seed=5)
 
 

@@ -88,9 +88,9 @@ class TimingTuning:
     per window, doubling after `creep_windows` in a row (up to `max_creep_s`): an early drift is
     followed, and a read that comes too early then brackets the change tightly."""
     creep_windows: int = 3
+    max_creep_s: float = 0.001
     phase_gain: float = 0.3
     """A tight bracket moves the predicted phase this fraction of the way (update jitter averages out)."""
-    max_creep_s: float = 0.001
     guard_s: float = 0.006
     """A probe comes this long before the predicted change (must still see the old values)."""
     max_wake_s: float = 0.003
@@ -99,11 +99,11 @@ class TimingTuning:
     """After a read that still shows the old values, the next follows this soon (for `jump_s`)."""
     burst_s: float = 0.012
     """Spacing of reads while searching or re-acquiring a lost change."""
-    settle_windows: int = 2
+    settle_windows: int = 10
     """After a lock or a slip every window gets a probe for this many windows."""
     probe_every: int = 2
     """Then one window in this many gets a probe: an early change is seen within this many windows."""
-    quiet_windows: int = 10
+    quiet_windows: int = 25
     """After this many windows without a slip the meter counts as quiet: probes get sparser."""
     quiet_probe_every: int = 5
     """Probe spacing (windows) of a quiet meter: 5 × (1 + 1/5 + retries) ≈ 7 reads/s at 50 Hz."""

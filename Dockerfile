@@ -56,7 +56,11 @@ COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    WATTI_HEALTHCHECK_URL=http://127.0.0.1:9292/healthz
+    WATTI_HEALTHCHECK_URL=http://127.0.0.1:9292/healthz \
+    WATTI_HTTP_HOST=0.0.0.0
+# WATTI_HTTP_HOST: a container's published port needs the server on all of its interfaces; it
+# applies only when the configuration sets no `http.host` (outside containers the default is
+# 127.0.0.1).
 WORKDIR /config
 USER 10001:10001
 EXPOSE 9292

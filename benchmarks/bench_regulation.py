@@ -154,7 +154,8 @@ def energy_table(rows: Sequence[Row]) -> None:
 
 
 def dynamics_table(rows: Sequence[Row]) -> None:
-    """RMS error, settling, overshoot, reversals and writes: ours / reference / meter oracle."""
+    """RMS error, settling, overshoot, reversals, steady-state error (mean grid − target over the
+    final 20 s of a quiet tail) and writes: ours / reference / meter oracle."""
     headers = [
         "scenario",
         "plant",
@@ -162,6 +163,7 @@ def dynamics_table(rows: Sequence[Row]) -> None:
         "settling s ours/ref/oracle",
         "overshoot W ours/ref/oracle",
         "reversals ours/ref/oracle",
+        "steady W ours/ref/oracle",
         "writes ours/ref",
     ]
     table = []
@@ -179,6 +181,14 @@ def dynamics_table(rows: Sequence[Row]) -> None:
                     for s in (r.ours, worst_ref, r.meter_oracle)
                 ),
                 f"{r.ours.reversals} / {worst_ref.reversals} / {r.meter_oracle.reversals}",
+                " / ".join(
+                    _s(value, 0)
+                    for value in (
+                        r.ours.steady_error_w,
+                        None if r.reference[0].steady_error_w is None else r.reference_mean("steady_error_w"),
+                        r.meter_oracle.steady_error_w,
+                    )
+                ),
                 f"{r.ours.writes} / {r.reference_mean('writes'):.0f}",
             ]
         )

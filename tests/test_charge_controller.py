@@ -9,8 +9,9 @@ setpoint writes (the network edge is covered by the end-to-end test). The grid h
 import asyncio
 import itertools
 import json
+import statistics
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from typing import Any, TypeVar
 
 import pytest
@@ -18,11 +19,21 @@ from prometheus_client.core import Metric
 
 from watti_watchman.clock import ManualClock
 from watti_watchman.config.services import ChargeControllerConfig
-from watti_watchman.domain.control import Reason
+from watti_watchman.domain.law import Reason
+from watti_watchman.domain.limits import BmsUse
 from watti_watchman.domain.readings import BatteryStatus, PhaseSetpoints, PowerSample
 from watti_watchman.latest import Latest
 from watti_watchman.services.charge_controller import ChargeController
-from watti_watchman.sim.plant import PRESETS, Plant, PlantConfig, Profile, constant, steps
+from watti_watchman.sim.plant import (
+    ACTUATOR_ERROR,
+    PRESETS,
+    Installation,
+    Plant,
+    PlantConfig,
+    Profile,
+    constant,
+    steps,
+)
 from watti_watchman.sim.virtual import ManualLatest, SimulatedMeter, default_controller_config
 
 T = TypeVar("T")
@@ -82,25 +93,43 @@ class Rig:
         self.controller = ChargeController(
             config, self.grid, self.battery_meter, self.battery, clock=clock, dry_run=dry_run
         )
+        self.shadow_grid_power: ManualLatest[PowerSample] = ManualLatest(clock)
+        self.shadow = ChargeController(
+            config,
+            SimulatedMeter("hak", self.shadow_grid_power),
+            self.battery_meter,
+            self.battery,
+            clock=clock,
+            dry_run=True,
+        )
+        """A dry run on the same samples, started with `start(shadow=True)`."""
         self.grid_running = True
         self.battery_running = True
         self.grid_windows: list[tuple[float, float]] = []
-        self.task: asyncio.Task[None] | None = None
+        self.grid_samples: list[tuple[float, PowerSample]] = []
+        self.tasks: list[tuple[ManualLatest[PowerSample], asyncio.Task[None]]] = []
 
-    async def start(self) -> None:
+    async def start(self, *, shadow: bool = False) -> None:
         self.battery.battery.publish(self.plant.battery_status())
-        self.task = asyncio.create_task(self.controller.run())
+        self.tasks.append((self.grid_power, asyncio.create_task(self.controller.run())))
+        if shadow:
+            self.tasks.append((self.shadow_grid_power, asyncio.create_task(self.shadow.run())))
         await self.settle()
 
+    @property
+    def task(self) -> asyncio.Task[None]:
+        """The live controller's task."""
+        return self.tasks[0][1]
+
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+        for _, task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*(task for _, task in self.tasks), return_exceptions=True)
 
     async def settle(self) -> None:
-        """Yield until the controller waits for the next grid sample (or has returned)."""
+        """Yield until every controller waits for the next grid sample (or has returned)."""
         for _ in range(10_000):
-            if self.grid_power.parked or (self.task is not None and self.task.done()):
+            if all(holder.parked or task.done() for holder, task in self.tasks):
                 return
             await asyncio.sleep(0)
         raise AssertionError("controller did not come back to waiting")
@@ -115,12 +144,15 @@ class Rig:
                 at_s = self.origin_s + window.end_s
                 if window.meter == "grid":
                     self.grid_windows.append((window.end_s, window.sample.total_w))
+                    self.grid_samples.append((window.end_s, window.sample))
                     if self.grid_running:
                         self.grid_power.publish(window.sample, at_s)
+                        self.shadow_grid_power.publish(window.sample, at_s)
                 elif self.battery_running:
                     self.battery_meter.power.publish(window.sample, at_s)
                     self.battery.battery.publish(self.plant.battery_status(), at_s)
             self.grid_power.fire_due()
+            self.shadow_grid_power.fire_due()
             await self.settle()
 
     def grid_between(self, start_s: float, end_s: float) -> list[float]:
@@ -223,7 +255,12 @@ async def test_per_phase_regulation_settles_each_phase(make_rig: Any) -> None:
 
 
 async def test_trim_removes_a_steady_inverter_offset(make_rig: Any) -> None:
-    plant = Plant(PlantConfig(inverter=PRESETS["medium"], offset_w=30.0), constant(500, 500, 500))
+    plant = Plant(
+        PlantConfig(
+            inverter=PRESETS["medium"], installation=Installation(actuator_offset_w=(30.0, 30.0, 30.0))
+        ),
+        constant(500, 500, 500),
+    )
     rig = make_rig(plant, default_controller_config(trim_gain=0.5, deadband=0))
     await rig.start()
     await rig.advance(3.0)
@@ -344,6 +381,24 @@ async def test_dry_run_computes_and_exports_but_writes_nothing(make_rig: Any) ->
     assert rig.battery.writes == []
 
 
+async def test_dry_run_decides_as_the_live_loop_on_the_same_samples(make_rig: Any) -> None:
+    # A kettle-like step and back on the slow plant: the live loop's pairing leans on its command
+    # history right after its own steps; a dry run must use the history it would have written.
+    load = steps((500.0,) * 3, (2.0, (1200.0, 500.0, 500.0)), (4.0, (500.0,) * 3))
+    rig = make_rig(Plant(PlantConfig(inverter=PRESETS["slow"]), load))
+    await rig.start(shadow=True)
+    alignments = set()
+    while rig.plant.time_s < 6.0:
+        await rig.advance(0.05)
+        live, dry = rig.controller.last_decision, rig.shadow.last_decision
+        assert live is not None and dry is not None
+        assert (dry.at_s, dry.alignment, dry.output) == (live.at_s, live.alignment, live.output)
+        alignments.add(live.alignment)
+    assert rig.shadow.decisions_total == rig.controller.decisions_total >= 25
+    assert rig.shadow.applied_setpoints == rig.controller.applied_setpoints
+    assert "held" in alignments  # the command history was needed
+
+
 async def test_metrics_and_status(make_rig: Any) -> None:
     plant = Plant(PlantConfig(inverter=PRESETS["medium"]), step_load(1500, 3500))
     rig = make_rig(plant)
@@ -375,8 +430,83 @@ async def test_metrics_and_status(make_rig: Any) -> None:
     status = json.loads(json.dumps(rig.controller.status()))
     assert status["reason"] == "regulating" and status["mode"] == "both"
     assert status["limits"]["max_discharge_w"] == 6000
+    assert status["bms_limits"] == {"policy": "auto", "use": "enforced"}
+    bms = {s.labels["use"]: s.value for s in families["watti_controller_bms_limits"].samples}
+    assert bms["enforced"] == 1 and sum(bms.values()) == 1
+    assert {s.labels["policy"] for s in families["watti_controller_bms_limits"].samples} == {"auto"}
     rig.grid_running = False
     await rig.advance(1.5)
     families = {family.name: family for family in rig.controller.collect_metrics()}
     assert families["watti_controller_grid_watts"].samples == []  # never a frozen value
     assert families["watti_controller_failsafe"].samples[0].value == 1
+
+
+def mean_grid(rig: Rig, start_s: float, end_s: float) -> PowerSample:
+    """Mean of the grid meter's windows that ended within [start_s, end_s] plant time (W)."""
+    inside = [sample for t, sample in rig.grid_samples if start_s <= t <= end_s]
+    l1, l2, l3, total = (statistics.fmean(values) for values in zip(*map(astuple, inside), strict=True))
+    return PowerSample(l1, l2, l3, total)
+
+
+@pytest.mark.parametrize("regulation", ["total", "per_phase"])
+async def test_unbalanced_house_with_actuator_error_settles_within_15_w(
+    make_rig: Any, regulation: str
+) -> None:
+    # PV on L2, a heat pump on L3; the Multi delivers 3 % and 25 W per phase less than commanded.
+    plant = Plant(
+        PlantConfig(inverter=PRESETS["medium"], installation=ACTUATOR_ERROR),
+        constant(400, 300, 2300),
+        constant(0, 2500, 0),
+    )
+    rig = make_rig(plant, default_controller_config(regulation=regulation))
+    await rig.start()
+    await rig.advance(40.0)
+    mean = mean_grid(rig, 20.0, 40.0)
+    assert abs(mean.total_w) <= 15
+    if regulation == "per_phase":
+        assert all(abs(w) <= 15 for w in (mean.l1_w, mean.l2_w, mean.l3_w))
+    decision = rig.controller.last_decision
+    # The trim did it: G = D + 0.97 (T − D + trim) − 75 W = 0 needs trim = (75 − 0.03 · 500) / 0.97.
+    assert decision is not None and decision.output.trim_w == pytest.approx(62, abs=10)
+
+
+async def test_battery_without_bms_covers_the_load_within_the_soc_table(make_rig: Any) -> None:
+    # No BMS limits on the GX, a small battery so that SOC crosses the table's 10 % and 5 % steps.
+    installation = replace(ACTUATOR_ERROR, bms=False)
+    config = PlantConfig(inverter=PRESETS["medium"], installation=installation, capacity_wh=50)
+    plant = Plant(replace(config, initial_soc_percent=14.0), constant(700, 650, 650))
+    rig = make_rig(plant)
+    await rig.start()
+    await rig.advance(9.0)
+    decision = rig.controller.last_decision
+    assert decision is not None and decision.output.limits.bms is BmsUse.WAITING
+    assert decision.output.reason is Reason.BMS_UNKNOWN and decision.output.total_w == 0
+    await rig.advance(3.0)  # 10 s of fresh SOC without BMS limits: the tables govern
+    decision = rig.controller.last_decision
+    assert decision is not None and decision.output.limits.bms is BmsUse.ABSENT
+    assert plant.soc_percent > 10.5
+    assert abs(mean_grid(rig, 11.5, 12.0).total_w) <= 30  # the battery covers the 2 kW
+    while plant.soc_percent > 9.5:
+        await rig.advance(0.2)
+    await rig.advance(1.5)
+    decision = rig.controller.last_decision
+    assert decision is not None and 5 < plant.soc_percent <= 10
+    assert (decision.output.total_w, decision.output.reason) == (-1000, Reason.DISCHARGE_LIMITED)
+    while plant.soc_percent > 5:
+        await rig.advance(0.2)
+    await rig.advance(0.4)
+    decision = rig.controller.last_decision
+    assert decision is not None and decision.output.total_w == 0
+
+
+async def test_actuator_gain_error_is_learned_in_closed_loop(make_rig: Any) -> None:
+    load = steps((400.0, 300.0, 2300.0), (20.0, (2400.0, 300.0, 2300.0)))  # a kettle on L1 at 20 s
+    plant = Plant(
+        PlantConfig(inverter=PRESETS["medium"], installation=ACTUATOR_ERROR), load, constant(0, 2500, 0)
+    )
+    rig = make_rig(plant)
+    await rig.start()
+    await rig.advance(40.0)
+    correction = rig.controller.status()["last_decision"]["gain_correction"]
+    assert correction == pytest.approx(1 / 0.97 - 1, abs=0.01)
+    assert abs(mean_grid(rig, 35.0, 40.0).total_w) <= 15

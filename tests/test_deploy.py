@@ -537,6 +537,7 @@ def test_deployment_runs_one_non_root_replica_with_probes_and_secret_config() ->
     assert "watti_watchman.yml" in objects[f"Secret/{secret_name}"]["stringData"]
     env_secret = container["envFrom"][0]["secretRef"]["name"]
     assert f"Secret/{env_secret}" in objects
+    assert {"name": "WATTI_HTTP_HOST", "value": "0.0.0.0"} in container["env"]  # probes reach the pod
 
 
 def test_service_and_servicemonitor_scrape_the_pod_every_200_ms() -> None:
@@ -590,6 +591,7 @@ def test_systemd_unit_runs_as_own_user_restarts_on_failure_and_is_hardened() -> 
     assert service["User"] == service["Group"] == "watti-watchman"
     assert service["Restart"] == "on-failure"
     assert service["RestartPreventExitStatus"] == "2"
+    assert int(service["LimitNOFILE"]) >= 512  # room above the HTTP server's descriptor reserve
     for key, value in {
         "NoNewPrivileges": "yes",
         "ProtectSystem": "strict",
@@ -635,6 +637,7 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck() -> None:
     assert "EXPOSE 9292" in instructions
     assert re.search(r"^HEALTHCHECK .*\\$", text, re.MULTILINE)
     assert "WATTI_HEALTHCHECK_URL=http://127.0.0.1:9292/healthz" in text
+    assert "WATTI_HTTP_HOST=0.0.0.0" in text  # the published port reaches the server
     assert 'ENTRYPOINT ["watti-watchman"]' in instructions
     assert 'CMD ["run", "-c", "/config/watti_watchman.yml"]' in instructions
     for copied in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.MULTILINE):

@@ -43,3 +43,16 @@ def test_bad_phase_is_rejected() -> None:
         )
     with pytest.raises(ValueError, match="unknown scenario"):
         load_scenario("no_such_scenario")
+
+
+def test_installation_of_a_scenario() -> None:
+    single = load_scenario("single_phase").installation
+    assert single.phases == ("L1",)
+    assert (single.actuator_gain, single.actuator_offset_w) == ((0.97,) * 3, (-25.0,) * 3)
+    assert load_scenario("no_bms").installation.bms is False
+    assert load_scenario("kettle_l1").installation.bms is True
+    base = {"name": "x", "duration_s": 1}
+    with pytest.raises(ValueError, match="unknown installation keys"):
+        scenario_from_dict({**base, "installation": {"gain": 1}})
+    with pytest.raises(ValueError, match="gains"):
+        scenario_from_dict({**base, "installation": {"actuator_gain": [1, 0, 1]}})

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from watti_watchman.sim.scenario import Scenario, load_scenario, scenario_from_dict
-from watti_watchman.sim.score import segments
+from watti_watchman.sim.score import score, segments
 from watti_watchman.sim.simulate import run_simulate
 from watti_watchman.sim.virtual import simulate_run
 
@@ -101,3 +101,14 @@ def test_kettle_off_on_the_fast_plant_is_one_command_not_a_swing() -> None:
     trace = simulate_run(load_scenario("kettle_l1"), "fast", "watti").trace
     after = [s for t, s in zip(trace.times_s, trace.setpoint_w, strict=True) if 15.25 <= t <= 16.5]
     assert all(-720 <= s <= -600 for s in after)  # the load is 650 W: no −1267 / −377 swing
+
+
+@pytest.mark.parametrize("name", ["unbalanced", "single_phase", "two_phase"])
+def test_installations_with_actuator_error_settle_the_total_within_15_w(name: str) -> None:
+    scenario = load_scenario(name)
+    ours = score(simulate_run(scenario, "medium", "watti"))
+    assert ours.steady_error_w is not None and abs(ours.steady_error_w) <= 15
+    # The reference law (no trim) shows what the actuator error leaves without one.
+    reference = score(simulate_run(scenario, "medium", "reference"))
+    assert reference.steady_error_w is not None and abs(reference.steady_error_w) > 40
+    assert score(simulate_run(load_scenario("kettle_l1"), "medium", "watti")).steady_error_w is None

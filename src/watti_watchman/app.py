@@ -225,6 +225,7 @@ class Application:
             self.http_host,
             self.http_port,
         )
+        self.exposition.add(self.http)
         await self.http.start()
         self.http_port = self.http.port
         self.started.set()

@@ -17,12 +17,28 @@ from watti_watchman.config.schema import schema_text
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+EXIT_BIND = 3
+"""The HTTP port could not be bound (in use, or the address is not on this host)."""
 DEFAULT_CONFIG = Path("watti_watchman.yml")
 logger = logging.getLogger("watti_watchman")
 
 
+def _log_level_option(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level (default: INFO)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
-    config_opt = argparse.ArgumentParser(add_help=False)
+    # Global options are accepted before and after the subcommand; SUPPRESS keeps the
+    # subcommand's copy from overwriting a value given before it.
+    global_opts = argparse.ArgumentParser(add_help=False)
+    _log_level_option(global_opts, argparse.SUPPRESS)
+    config_opt = argparse.ArgumentParser(add_help=False, parents=[global_opts])
     config_opt.add_argument(
         "-c", "--config", type=Path, default=DEFAULT_CONFIG, help="configuration file (default: %(default)s)"
     )
@@ -30,34 +46,28 @@ def _parser() -> argparse.ArgumentParser:
         prog="watti-watchman", description="Zero feed-in control of a Victron ESS from Janitza meters."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level (default: %(default)s)",
-    )
+    _log_level_option(parser, "INFO")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", parents=[config_opt], help="run every configured meter and service")
     run.add_argument("--dry-run", action="store_true", help="compute and export setpoints, write none")
     commands.add_parser("check", parents=[config_opt], help="validate the configuration and summarise it")
-    commands.add_parser("schema", help="print the JSON schema of the configuration file")
+    commands.add_parser("schema", parents=[global_opts], help="print the JSON schema of the configuration")
     read_meter = commands.add_parser("read-meter", parents=[config_opt], help="read one meter once")
     read_meter.add_argument("meter", metavar="NAME", help="name of a Janitza meter in the configuration")
-    demo = commands.add_parser("demo", help="simulated plant + embedded broker + live status page")
+    demo = commands.add_parser(
+        "demo", parents=[global_opts], help="simulated plant + embedded broker + live status page"
+    )
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.add_argument("--port", type=int, default=9292, help="HTTP port on 127.0.0.1 (0 = any free)")
     demo.add_argument("--scenario", default="demo", help="load scenario (default: %(default)s)")
-    simulate = commands.add_parser("simulate", help="plant + control law faster than real time")
+    simulate = commands.add_parser(
+        "simulate", parents=[global_opts], help="plant + control law faster than real time"
+    )
     simulate.add_argument("--scenario", required=True, help="scenario name or YAML file")
     simulate.add_argument("--plant", default="medium", help="plant preset (fast, medium, slow)")
     simulate.add_argument("--controller", default="watti", choices=["watti", "reference"])
     simulate.add_argument("--plot", type=Path, default=None, help="write an HTML plot to this file")
     return parser
-
-
-def _load(path: Path) -> ResolvedConfig:
-    return load_config(path)
 
 
 def _summary(resolved: ResolvedConfig, path: Path) -> str:
@@ -86,14 +96,20 @@ def _summary(resolved: ResolvedConfig, path: Path) -> str:
     return "\n".join(lines)
 
 
-async def _run_until_signal(resolved: ResolvedConfig, dry_run: bool) -> None:
+async def _run_until_signal(resolved: ResolvedConfig, dry_run: bool) -> int:
     from watti_watchman.app import Application  # noqa: PLC0415 - keep `check`/`schema` light
+    from watti_watchman.http import HttpBindError  # noqa: PLC0415
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await Application(resolved, dry_run=dry_run).run(stop)
+    try:
+        await Application(resolved, dry_run=dry_run).run(stop)
+    except HttpBindError as error:
+        logger.error("%s", error)
+        return EXIT_BIND
+    return EXIT_OK
 
 
 async def _read_meter(resolved: ResolvedConfig, name: str) -> int:
@@ -131,19 +147,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_simulate(args.scenario, args.plant, args.controller, args.plot)
     try:
-        resolved = _load(args.config)
+        resolved = load_config(args.config)
     except ConfigError as error:
-        print(f"{args.config}: invalid configuration", file=sys.stderr)
-        for issue in error.issues:
-            print(f"  {issue}", file=sys.stderr)
+        for issue in error.issues:  # one line each, the same for `check`, `run` and `read-meter`
+            print(f"{args.config}: {issue}", file=sys.stderr)
         return EXIT_CONFIG
+    for warning in resolved.warnings:
+        if args.command == "check":
+            print(f"{args.config}: warning: {warning}", file=sys.stderr)
+        else:
+            logger.warning("%s: %s", args.config, warning)
     if args.command == "check":
         print(_summary(resolved, args.config))
         return EXIT_OK
     if args.command == "read-meter":
         return asyncio.run(_read_meter(resolved, args.meter))
-    asyncio.run(_run_until_signal(resolved, args.dry_run))
-    return EXIT_OK
+    return asyncio.run(_run_until_signal(resolved, args.dry_run))
 
 
 if __name__ == "__main__":  # pragma: no cover

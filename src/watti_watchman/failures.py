@@ -18,10 +18,13 @@ class FailureLog:
         self.by_reason: Counter[str] = Counter()
         self._outage_started_s: float | None = None
         self._failures_in_outage = 0
+        self.last_detail = ""
+        """The newest failure's human detail (for tests and status)."""
 
     def failure(self, reason: str, detail: object = "") -> None:
         """Record one failure with a short machine-readable `reason` and a human `detail`."""
         self.by_reason[reason] += 1
+        self.last_detail = str(detail)
         self._failures_in_outage += 1
         if self._outage_started_s is None:
             self._outage_started_s = self._clock()

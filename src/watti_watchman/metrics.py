@@ -4,7 +4,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
@@ -80,6 +80,7 @@ class Exposition:
         self.collector = MergingCollector()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
+        ProcessCollector(registry=self.registry)  # process_*: RSS, open fds, CPU (Linux)
         self.last_render_s = 0.0
         """How long the previous render took (s); exported by the next one."""
 

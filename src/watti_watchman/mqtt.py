@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from watti_watchman.clock import Clock
@@ -33,13 +35,71 @@ class NotConnectedError(ConnectionError):
     """A publish was attempted while the session has no live connection."""
 
 
-def _classify(error: BaseException) -> str | None:
-    """Reason label for transient MQTT errors; None for programming errors."""
+CONNECT_TIMEOUT_S = 5.0
+"""Connect and CONNACK must complete within this (s)."""
+AUTH_CODES = frozenset({4, 5, 134, 135})
+"""CONNACK codes for bad credentials / not authorised (MQTT 3.1.1 and 5)."""
+
+
+def diagnose(error: BaseException, connection: MqttConnectionConfig) -> tuple[str, str] | None:
+    """(reason label, message naming host:port or the CA file) for a transient MQTT error.
+
+    None for programming errors. aiomqtt wraps socket errors in MqttError; the original is
+    its `__context__`.
+    """
+    where = f"{connection.host}:{connection.port}"
+    tls = connection.tls_config()
+    ca = (tls.ca_file if tls is not None else None) or "the system CAs"
+    cause = error.__context__ if type(error) is aiomqtt.MqttError and error.__context__ else error
+    if isinstance(error, MqttConnectError):
+        code = error.rc.value if isinstance(error.rc, ReasonCode) else error.rc
+        if code in AUTH_CODES:
+            return "auth", f"{where} refused the credentials ({error}): check username and password"
+        return "connack_refused", f"{where} refused the connection: {error}"
+    if isinstance(cause, socket.gaierror):
+        return "dns", f"cannot resolve {connection.host} (port {connection.port}): {cause.strerror}"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return "tls", f"TLS certificate of {where} not trusted by {ca}: {cause.verify_message}"
+    if isinstance(cause, ssl.SSLError):
+        return "tls", f"TLS handshake with {where} failed ({cause.reason}): is this a TLS port?"
+    connecting = type(error) is aiomqtt.MqttError and error.__suppress_context__  # raised by connect()
+    if connecting and tls is not None and isinstance(cause, ConnectionResetError | BrokenPipeError):
+        return "tls", f"TLS handshake with {where} failed (connection reset): is this a TLS port?"
+    if isinstance(cause, FileNotFoundError | PermissionError) and tls is not None:
+        return "tls", f"cannot read the CA file {ca}: {cause.strerror}"
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection_refused", f"{where} refused the connection: no broker listening on that port"
+    if isinstance(error, aiomqtt.MqttError) and str(error) == "Operation timed out":
+        hint = "" if tls is not None else " (a TLS port needs tls: true)"
+        return "timeout", f"no MQTT answer from {where} within {CONNECT_TIMEOUT_S:g} s{hint}"
+    if isinstance(cause, TimeoutError):
+        return "timeout", f"no TCP connection to {where} within {CONNECT_TIMEOUT_S:g} s"
     if isinstance(error, aiomqtt.MqttError):
-        return "mqtt_error"
-    if isinstance(error, (OSError, TimeoutError)):
-        return "connect_failed"
+        return "connection_lost", f"{where}: {error}"
+    if isinstance(cause, OSError):
+        return "connect_failed", f"{where}: {cause.strerror or cause}"
     return None
+
+
+def _retrieve(future: "asyncio.Future[None]") -> None:
+    """Mark a future's exception as seen (asyncio logs unseen ones at ERROR)."""
+    if not future.cancelled():
+        future.exception()
+
+
+class _DemoteToDebug(logging.Filter):
+    """paho's own lines repeat on every attempt: they go to DEBUG; FailureLog says it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def _library_logger(component: str) -> logging.Logger:
+    library = logging.getLogger(f"watti_watchman.mqtt.paho.{component}")
+    if not any(isinstance(f, _DemoteToDebug) for f in library.filters):
+        library.addFilter(_DemoteToDebug())
+    return library
 
 
 class MqttSession:
@@ -97,18 +157,23 @@ class MqttSession:
             identifier=self.client_id,
             will=will,
             keepalive=self.connection.keepalive,
-            timeout=5.0,
+            timeout=CONNECT_TIMEOUT_S,
             tls_context=tls_context,
-            logger=logging.getLogger(f"watti_watchman.mqtt.paho.{self.component}"),
+            logger=_library_logger(self.component),
         )
 
     async def _session(self) -> None:
-        async with self._make_client() as client:
+        client = self._make_client()
+        # aiomqtt 2.5 forgets a disconnect that arrives between CONNACK and the end of
+        # connecting (its future is replaced unread): retrieve it, and check paho's state.
+        client._disconnected.add_done_callback(_retrieve)
+        async with client:
+            if not client._client.is_connected():
+                raise aiomqtt.MqttError("connection closed right after CONNACK")
             self._client = client
             _no_delay(client)
             try:
                 self.connects_total += 1
-                self.backoff.reset()
                 self.failures.success(f"connected to {self.connection.host}:{self.connection.port}")
                 self.logger.debug("connected as %s", self.client_id)
                 self.connected.set()
@@ -127,7 +192,14 @@ class MqttSession:
 
     async def run(self) -> None:
         """Keep the session connected forever (cancel to stop)."""
-        await supervise(self._session, failures=self.failures, backoff=self.backoff, classify=_classify)
+        await supervise(
+            self._session,
+            failures=self.failures,
+            backoff=self.backoff,
+            classify=lambda error: (diagnose(error, self.connection) or (None, ""))[0],
+            describe=lambda error: (diagnose(error, self.connection) or ("", str(error)))[1],
+            clock=self._clock,
+        )
 
     @property
     def is_connected(self) -> bool:
@@ -146,6 +218,9 @@ class MqttSession:
             client = self._require_client()
             await client.publish(topic, payload, qos=0, retain=retain)
         except (NotConnectedError, aiomqtt.MqttError) as error:
+            # aiomqtt's wait_for may have turned our cancellation into this error: callers that
+            # count a drop and carry on would outlive shutdown (task groups cancel only once).
+            reraise_swallowed_cancel()
             self.publish_drops_total += 1
             raise NotConnectedError(str(error)) from error
         self.publishes_total += 1

@@ -6,11 +6,15 @@ import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from watti_watchman.clock import Clock, monotonic
 from watti_watchman.failures import FailureLog
+
+HEALTHY_AFTER_S = 30.0
+"""A session that held this long was healthy: the next reconnect starts from the initial delay."""
 
 
 class Backoff:
-    """Capped, jittered exponential backoff (s); `reset()` after a healthy connection."""
+    """Capped exponential backoff with equal jitter (s); `reset()` after a healthy connection."""
 
     def __init__(self, initial_s: float = 0.2, cap_s: float = 10.0, rng: random.Random | None = None) -> None:
         self.initial_s = initial_s
@@ -19,7 +23,7 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def next_delay_s(self) -> float:
-        """The delay before the next attempt: full jitter over initial·2^n, capped."""
+        """The delay before the next attempt: equal jitter, uniform in [c/2, c], c = min(cap, initial·2^n)."""
         ceiling = min(self.cap_s, self.initial_s * (2**self._attempt))
         self._attempt = min(self._attempt + 1, 30)
         delay_s: float = ceiling / 2 + self._rng.uniform(0, ceiling / 2)
@@ -44,17 +48,23 @@ async def supervise(
     backoff: Backoff,
     classify: Callable[[BaseException], str | None],
     on_reconnect: Callable[[], None] = lambda: None,
+    describe: Callable[[BaseException], str] = lambda error: f"{type(error).__name__}: {error}",
+    clock: Clock = monotonic,
+    healthy_after_s: float = HEALTHY_AFTER_S,
 ) -> None:
     """Run `session` forever; on an exception `classify` names (transient) wait and run again.
 
     `classify` returns a reason label for transient errors and None for programming errors,
-    which propagate. `session` should call `backoff.reset()` once it is healthy.
+    which propagate; `describe` words the log line. The backoff starts afresh only after a
+    session that lasted `healthy_after_s`, so a peer that accepts and drops at once is not
+    hammered (sessions may also reset it on their own sign of health).
     """
     first = True
     while True:
         if not first:
             on_reconnect()
         first = False
+        started_s = clock()
         try:
             await session()
             reason, detail = "session_ended", "connection closed"
@@ -67,7 +77,9 @@ async def supervise(
             reason_or_none = classify(error)
             if reason_or_none is None:
                 raise
-            reason, detail = reason_or_none, f"{type(error).__name__}: {error}"
+            reason, detail = reason_or_none, describe(error)
+        if clock() - started_s >= healthy_after_s:
+            backoff.reset()
         failures.failure(reason, detail)
         await asyncio.sleep(backoff.next_delay_s())
 

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -40,8 +41,16 @@ class ServiceProcess:
 
 
 @contextlib.asynccontextmanager
-async def service_process(site: SimulatedSite) -> AsyncIterator[ServiceProcess]:
-    """`watti-watchman run` on the demo configuration against `site`; stopped on exit."""
+async def service_process(site: SimulatedSite, *, nofile: int | None = None) -> AsyncIterator[ServiceProcess]:
+    """`watti-watchman run` on the demo configuration against `site`; stopped on exit.
+
+    `nofile` sets the process's descriptor limit (RLIMIT_NOFILE, soft and hard), as systemd would.
+    """
+
+    def limit() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     http_port = free_port()
     with TemporaryDirectory(prefix="watti-run-") as folder:
         config = Path(folder) / "watti_watchman.yml"
@@ -58,6 +67,7 @@ async def service_process(site: SimulatedSite) -> AsyncIterator[ServiceProcess]:
                 env={**os.environ, **site.environment()},
                 stdout=log_file,
                 stderr=log_file,
+                preexec_fn=limit,
             )
         service = ServiceProcess(process, http_port, log_path)
         try:

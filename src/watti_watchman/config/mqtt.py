@@ -47,5 +47,9 @@ class MqttConnectionConfig(ConfigModel):
 class HttpConfig(ConfigModel):
     """The HTTP server for /metrics, /healthz and the status page."""
 
-    host: str = "0.0.0.0"
+    host: str = Field(
+        default="127.0.0.1",
+        description="Listen address; 0.0.0.0 or :: opts in to the LAN (the environment variable"
+        " WATTI_HTTP_HOST sets it when this key is absent).",
+    )
     port: Annotated[int, Field(ge=0, le=65535)] = 9292

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from watti_watchman.config.errors import ConfigError, ConfigIssue, PathElem
 from watti_watchman.config.meters import JanitzaConfig, MeterConfig, VictronConfig
 from watti_watchman.config.model import WattiConfig
 from watti_watchman.config.mqtt import MqttConnectionConfig
@@ -15,7 +16,6 @@ from watti_watchman.config.services import (
 )
 
 Capability = Literal["power", "grid_values", "battery_controller"]
-PathElem = str | int
 
 CAPABILITIES: dict[type[MeterConfig], frozenset[Capability]] = {
     JanitzaConfig: frozenset({"power", "grid_values"}),
@@ -35,6 +35,8 @@ class ResolvedConfig:
     config: WattiConfig
     connections: dict[str, MqttConnectionConfig]
     meters: dict[str, MeterConfig]
+    warnings: tuple[ConfigIssue, ...] = ()
+    """Legitimate but suspicious settings: `check` prints them, `run` logs them."""
 
     def connection(self, name: str) -> MqttConnectionConfig:
         """The MQTT connection called `name`."""
@@ -47,8 +49,6 @@ class ResolvedConfig:
 
 def resolve(config: WattiConfig, lines: dict[tuple[PathElem, ...], int] | None = None) -> ResolvedConfig:
     """Check names and capabilities; raises ConfigError listing every problem."""
-    from watti_watchman.config.loader import ConfigError, ConfigIssue  # noqa: PLC0415 - cycle
-
     line_of = lines or {}
     issues: list[ConfigIssue] = []
 

@@ -6,7 +6,8 @@ from pydantic import Field
 
 from watti_watchman.config.base import ConfigModel
 from watti_watchman.config.mqtt import Name
-from watti_watchman.domain.limits import DEFAULT_CHARGE_LIMITS_W, DEFAULT_DISCHARGE_LIMITS_W
+from watti_watchman.domain.limits import DEFAULT_CHARGE_LIMITS_W, DEFAULT_DISCHARGE_LIMITS_W, BmsPolicy
+from watti_watchman.domain.tuning import TUNING
 
 SocKey = Annotated[str, Field(pattern=r"^(100|[1-9]?[0-9])(\.[0-9]+)?$")]
 LimitTable = dict[SocKey, Annotated[float, Field(ge=0)]]
@@ -35,6 +36,14 @@ class ChargeControllerConfig(ConfigModel):
         default_factory=lambda: dict(DEFAULT_DISCHARGE_LIMITS),
         description="SOC % → max discharge W; the entry with the smallest key >= SOC applies.",
     )
+    bms_limits: BmsPolicy = Field(
+        default="auto",
+        description=(
+            "BMS charge/discharge limits from the GX: auto = enforced while reported, SOC tables and"
+            " inverter maxima govern if never reported, no discharge if they vanish; required = no"
+            " discharge without them; ignore = never used."
+        ),
+    )
     regulation: Literal["total", "per_phase"] = "total"
     phases: list[Phase] = Field(
         default_factory=lambda: list(ALL_PHASES),
@@ -61,6 +70,12 @@ class ChargeControllerConfig(ConfigModel):
     )
     trim_gain: float = Field(default=0.2, ge=0, le=5, description="Integral trim gain (1/s); 0 disables.")
     trim_limit: float = Field(default=300, ge=0, description="Largest trim correction (W).")
+    response_time: float = Field(
+        default=TUNING.response_s,
+        gt=0,
+        le=5,
+        description="Longest time from a setpoint write to the battery meter showing it (s).",
+    )
 
 
 class VictronGridFeederConfig(ConfigModel):

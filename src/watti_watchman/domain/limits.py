@@ -5,20 +5,27 @@ Safe defaults (documented in docs/CONFIGURATION.md through the config model):
 - a table left out of the configuration is `DEFAULT_CHARGE_LIMITS_W` / `DEFAULT_DISCHARGE_LIMITS_W`
   (1 kW charge at any SOC; 1 kW discharge down to 10 % SOC, none below) — never "unlimited";
 - a SOC that no table entry covers gives 0 W for that direction;
-- SOC unknown (None, non-finite, outside 0..100) or BMS limits unknown: no discharge, and charging
-  only within the smallest configured charge limit.
+- SOC unknown (None, non-finite, outside 0..100): no discharge, and charging only within the
+  smallest configured charge limit;
+- BMS limits (charge/discharge current × voltage) under the policy `BmsPolicy`: `required` treats
+  missing or invalid limits like an unknown SOC; `ignore` never uses them; `auto` enforces them
+  while reported, lets the SOC tables and inverter maxima govern when the installation has not
+  reported them for `Tuning.bms_wait_s` of fresh battery status since start, and treats limits
+  that were reported and then vanish or turn invalid like an unknown SOC (`BmsUse`).
 """
 
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
 from watti_watchman.domain.readings import BatteryStatus
 from watti_watchman.domain.settings import Mode
 
 DEFAULT_CHARGE_LIMITS_W: Mapping[float, float] = {0.0: 1000.0}
 DEFAULT_DISCHARGE_LIMITS_W: Mapping[float, float] = {100.0: 1000.0, 10.0: 0.0}
+BmsPolicy = Literal["auto", "required", "ignore"]
 
 
 class LimitSource(StrEnum):
@@ -30,6 +37,21 @@ class LimitSource(StrEnum):
     MODE = "mode"
     SOC_UNKNOWN = "soc_unknown"
     BMS_UNKNOWN = "bms_unknown"
+
+
+class BmsUse(StrEnum):
+    """How BMS limits take part in the limits now, and why."""
+
+    ENFORCED = "enforced"
+    """Reported and valid: enforced (policies auto and required)."""
+    WAITING = "waiting"
+    """auto: not reported (yet) since start: safe default until `bms_wait_s` has passed."""
+    ABSENT = "absent"
+    """auto: never reported: SOC tables and inverter maxima govern."""
+    MISSING = "missing"
+    """required: not reported or invalid; auto: reported before, now vanished or invalid. Safe default."""
+    IGNORED = "ignored"
+    """ignore: never used."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +97,7 @@ class LimitConfig:
     discharge_table: SocTable
     inverter_max_charge_w: float
     inverter_max_discharge_w: float
+    bms_policy: BmsPolicy = "auto"
 
     def __post_init__(self) -> None:
         for value in (self.inverter_max_charge_w, self.inverter_max_discharge_w):
@@ -94,6 +117,8 @@ class PowerLimits:
     """The SOC the limits were derived from; None when unknown."""
     degraded: LimitSource | None
     """SOC_UNKNOWN or BMS_UNKNOWN while the safe default is in force, else None."""
+    bms: BmsUse
+    """How BMS limits took part."""
 
 
 def valid_soc(soc_percent: float | None) -> float | None:
@@ -103,7 +128,7 @@ def valid_soc(soc_percent: float | None) -> float | None:
     return soc_percent
 
 
-def _bms_limits_w(status: BatteryStatus | None) -> tuple[float, float] | None:
+def bms_limits_w(status: BatteryStatus | None) -> tuple[float, float] | None:
     """(charge W, discharge W) from BMS currents × voltage, or None when any is unknown/invalid."""
     if status is None:
         return None
@@ -123,15 +148,53 @@ def _bms_limits_w(status: BatteryStatus | None) -> tuple[float, float] | None:
     return charge_a * voltage, discharge_a * voltage
 
 
+@dataclass(frozen=True, slots=True)
+class BmsTracking:
+    """What the policy remembers: limits seen valid since start, fresh status without them (s)."""
+
+    seen: bool = False
+    unreported_s: float = 0.0
+
+
+NO_BMS_SEEN = BmsTracking()
+"""Tracking at start."""
+
+
+def track_bms(
+    policy: BmsPolicy, status: BatteryStatus | None, tracking: BmsTracking, dt_s: float, wait_s: float
+) -> tuple[BmsUse, BmsTracking]:
+    """The BMS limits' use under `policy` now and the updated tracking (`dt_s` since the last call).
+
+    A current limit present but unusable (negative, non-finite, no valid voltage) counts as
+    reported: it never lets the tables govern under `auto`.
+    """
+    if policy == "ignore":
+        return BmsUse.IGNORED, tracking
+    if bms_limits_w(status) is not None:
+        return BmsUse.ENFORCED, BmsTracking(True, 0.0)
+    if status is not None and (
+        status.max_charge_current_a is not None or status.max_discharge_current_a is not None
+    ):
+        tracking = BmsTracking(True, 0.0)
+    if policy == "required" or tracking.seen:
+        return BmsUse.MISSING, tracking
+    if status is not None and valid_soc(status.soc_percent) is not None:
+        tracking = BmsTracking(False, tracking.unreported_s + dt_s)
+    return (BmsUse.ABSENT if tracking.unreported_s >= wait_s else BmsUse.WAITING), tracking
+
+
 def _tightest(candidates: list[tuple[float, LimitSource]]) -> tuple[float, LimitSource]:
     """The smallest limit; on ties the first listed source wins."""
     return min(candidates, key=lambda candidate: candidate[0])
 
 
-def power_limits(config: LimitConfig, status: BatteryStatus | None, mode: Mode) -> PowerLimits:
-    """Combine SOC tables, BMS limits, inverter maxima and mode into the limits in force (W)."""
+def power_limits(
+    config: LimitConfig, status: BatteryStatus | None, mode: Mode, bms_use: BmsUse
+) -> PowerLimits:
+    """Combine SOC tables, BMS limits (as `bms_use` says), inverter maxima and mode into limits (W)."""
     soc = valid_soc(None if status is None else status.soc_percent)
-    bms = _bms_limits_w(status)
+    bms = bms_limits_w(status) if bms_use is BmsUse.ENFORCED else None
+    bms_unknown = bms_use in (BmsUse.WAITING, BmsUse.MISSING)
     charge: list[tuple[float, LimitSource]] = []
     discharge: list[tuple[float, LimitSource]] = []
     if mode == "discharge":
@@ -141,7 +204,7 @@ def power_limits(config: LimitConfig, status: BatteryStatus | None, mode: Mode) 
     if soc is None:
         charge.append((config.charge_table.smallest_w(), LimitSource.SOC_UNKNOWN))
         discharge.append((0.0, LimitSource.SOC_UNKNOWN))
-    if bms is None:
+    if bms_unknown:
         charge.append((config.charge_table.smallest_w(), LimitSource.BMS_UNKNOWN))
         discharge.append((0.0, LimitSource.BMS_UNKNOWN))
     if soc is not None:
@@ -154,5 +217,5 @@ def power_limits(config: LimitConfig, status: BatteryStatus | None, mode: Mode) 
     discharge.append((config.inverter_max_discharge_w, LimitSource.INVERTER))
     max_charge_w, charge_source = _tightest(charge)
     max_discharge_w, discharge_source = _tightest(discharge)
-    degraded = LimitSource.SOC_UNKNOWN if soc is None else LimitSource.BMS_UNKNOWN if bms is None else None
-    return PowerLimits(max_charge_w, max_discharge_w, charge_source, discharge_source, soc, degraded)
+    degraded = LimitSource.SOC_UNKNOWN if soc is None else LimitSource.BMS_UNKNOWN if bms_unknown else None
+    return PowerLimits(max_charge_w, max_discharge_w, charge_source, discharge_source, soc, degraded, bms_use)

@@ -6,6 +6,8 @@ from typing import Literal
 
 Phase = Literal["L1", "L2", "L3"]
 PHASES: tuple[Phase, Phase, Phase] = ("L1", "L2", "L3")
+MAX_PLAUSIBLE_W = 1_000_000.0
+"""Readings beyond ±1 MW are garbage and treated like non-finite ones."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +30,14 @@ class PowerSample:
     def is_finite(self) -> bool:
         """True when every value is a finite number."""
         return all(math.isfinite(v) for v in (self.l1_w, self.l2_w, self.l3_w, self.total_w))
+
+
+def plausible(sample: PowerSample | None) -> bool:
+    """True when every value is finite and within ±MAX_PLAUSIBLE_W."""
+    return sample is not None and all(
+        math.isfinite(v) and abs(v) <= MAX_PLAUSIBLE_W
+        for v in (sample.l1_w, sample.l2_w, sample.l3_w, sample.total_w)
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,7 +175,7 @@ VALUES: tuple[ValueSpec, ...] = (
     _spec("ac_out_power", "vebus", "Ac/Out/P", "W",
           "ac_out_total_power_watts", "Multi AC output real power, all phases (W)"),
     _spec("vebus_state", "vebus", "State", None,
-          "vebus_state", "Multi state code (8 passthru, 9 inverting, 252 external control)"),
+          "vebus_state", "Multi (vebus) state code 0-11 (3 bulk, 8 passthru, 9 inverting)"),
     _spec("hub4_mode", "settings", "Settings/CGwacs/Hub4Mode", None,
           "hub4_mode", "ESS mode (3 = external control)"),
     _spec("disable_charge", "vebus", "Hub4/DisableCharge", None,
@@ -185,6 +185,8 @@ VALUES: tuple[ValueSpec, ...] = (
 )  # fmt: skip
 """Every value the meter maps, in one place (drives /metrics and, later, Home Assistant)."""
 
+MAPPED_SERVICES: frozenset[str] = frozenset(spec.service for spec in VALUES)
+"""Service types the table maps values from (others are only counted)."""
 SPECS_BY_SOURCE: Mapping[tuple[str, str], ValueSpec] = {(spec.service, spec.path): spec for spec in VALUES}
 SOC_PREFERENCE: tuple[str, ...] = ("soc_system", "soc_battery", "soc_vebus")
 ESSENTIAL_KEYS: tuple[str, ...] = (

@@ -8,6 +8,7 @@ readings into `Latest` holders stamped with the estimated time their window clos
 
 import asyncio
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -96,16 +97,24 @@ class _ModbusLink:
         )
 
     async def connect(self) -> None:
-        """Open the TCP connection; JanitzaReadError(connect_timeout | connection_refused)."""
+        """Open the TCP connection; JanitzaReadError(dns | connect_timeout | connection_refused)."""
         loop = asyncio.get_running_loop()
         started_s = loop.time()
         if await self._client.connect():
             return
+        host, port = self._config.host, self._config.port
+        try:  # pymodbus hides why: tell a name that does not resolve apart
+            await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as error:
+            raise JanitzaReadError("dns", f"cannot resolve {host} (port {port}): {error.strerror}") from None
         if loop.time() - started_s >= 0.9 * self._config.timeout:
-            raise JanitzaReadError("connect_timeout", f"no TCP connection within {self._config.timeout} s")
+            raise JanitzaReadError(
+                "connect_timeout", f"no TCP connection to {host}:{port} within {self._config.timeout} s"
+            )
         raise JanitzaReadError(
             "connection_refused",
-            "connection refused or host unreachable (check host and port; RS485 bridges often use 8899)",
+            f"{host}:{port} refused the connection or is unreachable"
+            " (check host and port; RS485 bridges often use 8899)",
         )
 
     async def read_registers(self) -> list[int]:

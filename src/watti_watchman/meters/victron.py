@@ -15,6 +15,7 @@ from watti_watchman.config.meters import VictronConfig
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.domain.readings import PHASES, BatteryStatus, PhaseSetpoints, PowerSample
 from watti_watchman.domain.victron import (
+    MAPPED_SERVICES,
     VALUES,
     VictronSnapshot,
     VictronValues,
@@ -28,6 +29,10 @@ from watti_watchman.mqtt import MqttSession, NotConnectedError
 from watti_watchman.supervisor import reraise_swallowed_cancel
 
 SUPPRESS_REPUBLISH = json.dumps({"keepalive-options": ["suppress-republish"]}).encode()
+PROBE_PATH = "settings/0/Settings/CGwacs/Hub4Mode"
+"""Read to prove the old bridge alive: localsettings always has it, and the answer is a mapped value."""
+FLASHMQ_ONLY_LEAVES = frozenset({"heartbeat", "full_publish_completed"})
+"""`N/<pid>/<leaf>` topics only dbus-flashmq sends (dbus-mqtt also sends a retained `keepalive`)."""
 STATE_PASSTHRU = 8
 HUB4_EXTERNAL_CONTROL = 3
 Dialect = Literal["flashmq", "legacy"]
@@ -41,9 +46,12 @@ class VictronMeter:
     """One GX device: PowerMeter (Multi AC-in per phase) and BatteryController (ESS setpoints).
 
     The reader only parses and stores; a maintenance task subscribes, sends keepalives, judges
-    GX liveness and alarms. Slow values arrive only on change, so while the GX is alive (any
-    non-retained notification, e.g. the 3 s heartbeat, within `max_age`) the current values are
-    re-published on every heartbeat; once it falls silent they go stale.
+    GX liveness and alarms. Values arrive only on change (on the old dbus-mqtt bridge often only
+    as retained messages): every stored value counts, retained or not. The GX is alive while a
+    non-retained notification arrived within `max_age` — FlashMQ's 3 s heartbeat, or on the old
+    bridge (which has none) the answer to an `R/` probe read sent every `max_age / 4`. While
+    alive, the current values are re-published on every heartbeat or probe answer; once it falls
+    silent they go stale.
     """
 
     def __init__(
@@ -65,6 +73,8 @@ class VictronMeter:
         """Minimum spacing (s) of full republishes asked for because essential values are missing."""
         self.discovery_settle_s = 1.0
         """Portal id discovery picks the only answering GX after this long (s) without news."""
+        self.dialect_timeout_s = 5.0
+        """Auto dialect: no FlashMQ-only topic this long (s) after a full keepalive means dbus-mqtt."""
         self.alarm_grace_s = 5.0
         """Commanding this long (s) before Hub4Mode/passthru alarms may fire."""
         self.commanding_window_s = 5.0
@@ -93,6 +103,8 @@ class VictronMeter:
         self._full_requested_s: float | None = None
         self._full_retry_delay_s = self.full_publish_timeout_s
         self._keepalive_s: float | None = None
+        self._probe_s: float | None = None
+        self.probes_total = 0
         self._last_status: BatteryStatus | None = None
         self._last_sample: PowerSample | None = None
         self._setpoints: PhaseSetpoints = {}
@@ -171,7 +183,7 @@ class VictronMeter:
     async def _maintain(self) -> None:
         while True:
             reraise_swallowed_cancel()
-            tick_s = min(0.25, self.keepalive_interval_s / 4, self.config.max_age / 4)
+            tick_s = min(0.25, self.keepalive_interval_s / 4, self.config.max_age / 8)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(tick_s):
                     await self._wake.wait()
@@ -205,10 +217,26 @@ class VictronMeter:
 
     async def _keep_alive(self, now: float) -> None:
         if self._subscribed_in != self.session.connects_total:
+            if not self._alive(now):
+                self._values = VictronValues()  # older than max_age: the (re)subscription brings them anew
             await self.session.subscribe(f"N/{self.portal_id}/#")
             self._subscribed_in = self.session.connects_total
             self._need_full = True
+            self._probe_s = None  # retained values may be all we get: prove the bridge alive at once
         requested_s = self._full_requested_s
+        if self._dialect is None and requested_s is not None and now - requested_s >= self.dialect_timeout_s:
+            self._dialect = "legacy"
+            self.logger.info(
+                "GX %s: no heartbeat or full_publish_completed within %.0f s: dbus-mqtt (Venus < 3.20)",
+                self.portal_id,
+                self.dialect_timeout_s,
+            )
+        if self._dialect != "flashmq" and (
+            self._probe_s is None or now - self._probe_s >= self.config.max_age / 4
+        ):
+            await self.session.publish(f"R/{self.portal_id}/{PROBE_PATH}", b"")
+            self._probe_s = now
+            self.probes_total += 1
         if self._need_full:
             self._full_retry_delay_s = self.full_publish_timeout_s
             await self._send_keepalive(now, full=True)
@@ -257,30 +285,39 @@ class VictronMeter:
         if len(parts) < 3 or parts[0] != "N" or parts[1] != self.portal_id:
             self._count("foreign")
             return
-        if not retained:
-            self._touch_alive(now)
+        revived = not retained and self._touch_alive(now)  # stored (retained) values count from now on
         if len(parts) == 3:
-            self._on_control(parts[2], now)
+            self._on_control(parts[2], retained, now, revived=revived)
             return
         parsed = parse_topic(topic)
         if parsed is None:
             self._count("bad_topic")
+            if revived:
+                self._publish_derived(now, force=True)
             return
         result = parse_payload(payload)
         if result.kind == "empty":
             self._count("empty")
-            self.logger.info(
-                "%s/%d vanished (0-byte payload): its values dropped", parsed.service, parsed.instance
-            )
+            if parsed.instance in self._values.instances(parsed.service):
+                level = logging.INFO if parsed.service in MAPPED_SERVICES else logging.DEBUG
+                self.logger.log(
+                    level,
+                    "%s/%d vanished (0-byte payload): its values dropped",
+                    parsed.service,
+                    parsed.instance,
+                )
             self._values.vanish(parsed.service, parsed.instance)
-            self._publish_derived(now, force=False)
+            self._publish_derived(now, force=revived)
             return
         self._values.discover(parsed.service, parsed.instance)
         spec = spec_for(parsed.service, parsed.path)
         if spec is None:
             self._count("unmapped")
+            if revived:
+                self._publish_derived(now, force=True)
             return
         self._count(result.kind)
+        probe_answer = not retained and topic.endswith(f"/{PROBE_PATH}")
         if result.is_garbage:
             self._garbage.warn(
                 result.kind, "%s: %s payload on %s: value dropped", self.name, result.kind, topic
@@ -288,7 +325,7 @@ class VictronMeter:
             self._values.drop(parsed.service, parsed.instance, spec.key)
         else:
             self._values.store(parsed.service, parsed.instance, spec.key, result.value)
-        self._publish_derived(now, force=False)
+        self._publish_derived(now, force=revived or probe_answer)
 
     def _on_serial(self, portal_id: str, payload: bytes, now: float) -> None:
         before = set(self._serials)
@@ -306,21 +343,24 @@ class VictronMeter:
                 ", ".join(sorted(self._serials)),
             )
 
-    def _on_control(self, leaf: str, now: float) -> None:
+    def _on_control(self, leaf: str, retained: bool, now: float, *, revived: bool) -> None:
+        auto = self.config.keepalive == "auto" and self._dialect != "flashmq"
+        if auto and leaf in FLASHMQ_ONLY_LEAVES and not retained:
+            self.logger.info("GX %s speaks FlashMQ (%s seen): keepalive options", self.portal_id, leaf)
+            self._dialect = "flashmq"
         if leaf == "heartbeat":
             self._count("heartbeat")
             self._publish_derived(now, force=True)
             return
         self._count("control")
-        if leaf in ("keepalive", "full_publish_completed") and self._dialect is None:
-            self._dialect = "flashmq"
-            self.logger.info("GX %s speaks FlashMQ keepalive options", self.portal_id)
         if leaf == "full_publish_completed":
             self._full_done = True
             self.full_publishes_total += 1
+        if revived or leaf == "full_publish_completed":
             self._publish_derived(now, force=True)
 
-    def _touch_alive(self, now: float) -> None:
+    def _touch_alive(self, now: float) -> bool:
+        """Note a live (non-retained) message; True when it revives a GX that was not alive."""
         silent = self._last_seen_s is not None and not self._alive(now)
         if silent and (
             self._full_requested_s is None or self._full_requested_s <= (self._last_seen_s or 0.0)
@@ -329,7 +369,9 @@ class VictronMeter:
             self._wake.set()
         if silent:
             self._gx.success(f"GX {self.portal_id} heard again")
+        revived = not self._alive(now)
         self._last_seen_s = now
+        return revived
 
     def _build_snapshot(self) -> VictronSnapshot:
         return self._values.snapshot(
@@ -339,10 +381,14 @@ class VictronMeter:
         )
 
     def _publish_derived(self, now: float, *, force: bool) -> None:
-        """Hand the current values to consumers, only while the GX is alive (else they go stale)."""
+        """Hand the values to consumers while the GX is alive; the first once Multi and SOC are known."""
         if not self._alive(now):
             return
         snapshot = self._build_snapshot()
+        if self.snapshot.snapshot() is None and (
+            snapshot.vebus_instance is None or "soc" in snapshot.missing()
+        ):
+            return  # the first snapshot waits for the stored values to name the Multi and some SOC
         self.snapshot.publish(snapshot, now)
         status = snapshot.battery_status()
         if force or status != self._last_status:
@@ -431,6 +477,12 @@ class VictronMeter:
             "keepalives sent by kind (full, suppress)",
             "kind",
             self.keepalives_by_kind,
+        )
+        yield self._counter(
+            "watti_victron_probes",
+            "R/ reads of Hub4Mode sent to prove the old dbus-mqtt bridge alive",
+            None,
+            {"": self.probes_total},
         )
         yield self._counter(
             "watti_victron_full_publishes",

@@ -5,28 +5,19 @@ import logging
 import math
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from watti_watchman.clock import Clock, monotonic
 from watti_watchman.config.services import ChargeControllerConfig
-from watti_watchman.domain.control import (
-    RESPONSE_S,
-    Alignment,
-    LawInputs,
-    LawOutput,
-    LawParameters,
-    Pairing,
-    Reason,
-    decide,
-    initial_state,
-    pair,
-)
-from watti_watchman.domain.limits import LimitConfig, LimitSource, SocTable
+from watti_watchman.domain.law import LawInputs, LawOutput, LawParameters, Reason, decide, initial_state
+from watti_watchman.domain.limits import BmsUse, LimitConfig, LimitSource, SocTable
+from watti_watchman.domain.pairing import Alignment, Pairing, pair
 from watti_watchman.domain.readings import PHASES, BatteryStatus, PhaseSetpoints, PowerSample
 from watti_watchman.domain.settings import MODES, Mode, RuntimeSettings, SettingsHolder
+from watti_watchman.domain.tuning import TUNING
 from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Stamped
 from watti_watchman.meters.base import BatteryController, PowerMeter
@@ -49,6 +40,7 @@ def law_parameters(config: ChargeControllerConfig) -> LawParameters:
             SocTable.from_mapping(config.discharge_limits),
             config.max_charge_power,
             config.max_discharge_power,
+            config.bms_limits,
         ),
         phases=tuple(config.phases),
         regulation=config.regulation,
@@ -57,6 +49,7 @@ def law_parameters(config: ChargeControllerConfig) -> LawParameters:
         deadband_w=config.deadband,
         trim_gain_per_s=config.trim_gain,
         trim_limit_w=config.trim_limit,
+        tuning=replace(TUNING, response_s=config.response_time),
     )
 
 
@@ -106,7 +99,8 @@ class ChargeController:
         self._grid_seq = 0
         self._previous_grid_at_s: float | None = None
         self._commands: deque[tuple[float, PowerSample]] = deque()
-        """(write time s, battery power the write drives to: setpoint − trim), oldest first."""
+        """(write time s, battery power the write drives to: (setpoint − trim) / (1 + gain
+        correction)), oldest first."""
         self._stopping = False
         self._write_lock = asyncio.Lock()
         self._latency = Histogram(LATENCY_BUCKETS_S)
@@ -177,8 +171,9 @@ class ChargeController:
                 battery_history,
                 now_s,
                 max_age_s,
-                commands=None if self.dry_run else list(self._commands),
+                commands=list(self._commands),
                 load=self._state.load,
+                tuning=self.parameters.tuning,
             )
             if fresh
             else None
@@ -188,7 +183,7 @@ class ChargeController:
         dt_s = 0.0 if previous_s is None else stamped.at_s - previous_s
         decision = self._decide(now_s, stamped.at_s, grid, pairing, dt_s)
         self._previous_grid_at_s = None if decision.output.failsafe else stamped.at_s
-        if await self._send(decision.output.setpoints, now_s) or self.dry_run:
+        if await self._send(decision.output.setpoints, now_s):
             self._latency.observe(max(0.0, self._clock() - stamped.at_s))
 
     async def _on_timeout(self) -> None:
@@ -232,13 +227,18 @@ class ChargeController:
         return decision
 
     async def _send(self, setpoints: PhaseSetpoints, now_s: float) -> bool:
-        """Write when changed or the re-send is due; True when a write went out."""
+        """Write when changed or the re-send is due; True when a write went out (dry run: was due).
+
+        A dry run keeps the command history of the writes it would have sent, so its pairing and
+        decisions are the live loop's.
+        """
+        if setpoints == self._applied and now_s < self._write_due_s - TOLERANCE_S:
+            return False
         if self.dry_run:
             self._applied = dict(setpoints)
             self._write_due_s = now_s + self.config.resend_interval
-            return False
-        if setpoints == self._applied and now_s < self._write_due_s - TOLERANCE_S:
-            return False
+            self._remember(setpoints, now_s)
+            return True
         async with self._write_lock:
             if self._stopping:
                 return False
@@ -259,10 +259,10 @@ class ChargeController:
 
     def _remember(self, setpoints: PhaseSetpoints, now_s: float) -> None:
         """Keep the written command (as the battery power it drives to) for the pairing."""
-        trim = self._state.trim_w
-        l1, l2, l3 = (setpoints.get(phase, 0) - trim.get(phase, 0.0) for phase in PHASES)
+        trim, scale = self._state.trim_w, 1.0 + self._state.gain.correction
+        l1, l2, l3 = ((setpoints.get(phase, 0) - trim.get(phase, 0.0)) / scale for phase in PHASES)
         self._commands.append((now_s, PowerSample(l1, l2, l3, l1 + l2 + l3)))
-        horizon_s = self.config.max_age + RESPONSE_S
+        horizon_s = self.config.max_age + self.parameters.tuning.response_s
         while len(self._commands) > 1 and now_s - self._commands[1][0] > horizon_s:
             self._commands.popleft()
 
@@ -341,6 +341,11 @@ class ChargeController:
             "Constraint setting each limit (1 = binding)",
             labels=["name", "direction", "source"],
         )
+        bms = GaugeMetricFamily(
+            "watti_controller_bms_limits",
+            "How BMS limits take part under the configured policy (1 = current)",
+            labels=["name", "policy", "use"],
+        )
         inputs = {
             "watti_controller_grid_watts": "Grid power used by the last decision (W, + = import)",
             "watti_controller_battery_watts": "Battery power paired with it (W, + = charging)",
@@ -365,6 +370,8 @@ class ChargeController:
                     source.add_metric(
                         [self.name, direction, source_name], 1.0 if source_name == binding else 0.0
                     )
+            for use in BmsUse:
+                bms.add_metric([self.name, self.config.bms_limits, use], 1.0 if use == limits.bms else 0.0)
             fresh = self._clock() - decision.at_s <= self.config.max_age
             values = (
                 output.grid_w,
@@ -377,7 +384,7 @@ class ChargeController:
             for family, value in zip(families.values(), values, strict=True):
                 if fresh and value is not None:
                     family.add_metric(labels, value)
-        yield from (reason, failsafe, limit, source, *families.values())
+        yield from (reason, failsafe, limit, source, bms, *families.values())
 
     def status(self) -> Mapping[str, Any]:
         """JSON-able summary: reason, setpoints, limits, target, mode and the last decision."""
@@ -395,6 +402,7 @@ class ChargeController:
             "reason": None,
             "failsafe": None,
             "limits": None,
+            "bms_limits": {"policy": self.config.bms_limits, "use": None},
             "last_decision": None,
         }
         if decision is not None:
@@ -408,6 +416,7 @@ class ChargeController:
                 "discharge_source": str(limits.discharge_source),
                 "soc_percent": limits.soc_percent,
             }
+            result["bms_limits"]["use"] = str(limits.bms)
             result["last_decision"] = {
                 "age_s": self._clock() - decision.at_s,
                 "grid_w": output.grid_w,
@@ -415,6 +424,7 @@ class ChargeController:
                 "load_w": output.load_w,
                 "raw_w": output.raw_w,
                 "trim_w": output.trim_w,
+                "gain_correction": output.state.gain.correction,
                 "pairing_skew_s": decision.pairing_skew_s,
                 "setpoints_w": dict(output.setpoints),
             }

@@ -95,7 +95,8 @@ def victron_specs() -> tuple[SensorSpec, ...]:
 
 
 def controller_specs() -> tuple[SensorSpec, ...]:
-    """The controller's decision: setpoints per phase and total, reason, target, mode, SOC, limits."""
+    """The controller's decision: setpoints per phase and total, reason, target, mode, SOC, limits,
+    BMS limits policy and use ("auto: absent")."""
 
     def power(key: str, name: str) -> SensorSpec:
         return SensorSpec(key, name, "W", "power", "measurement", precision=0)
@@ -109,6 +110,7 @@ def controller_specs() -> tuple[SensorSpec, ...]:
         SensorSpec("soc", "SOC used", "%", "battery", "measurement", precision=0),
         power("max_charge", "Charge limit"),
         power("max_discharge", "Discharge limit"),
+        SensorSpec("bms_limits", "BMS limits"),
     )
 
 
@@ -163,6 +165,7 @@ def _controller_feed(controller: ChargeController) -> _DeviceFeed:
         values["soc"] = output.limits.soc_percent
         values["max_charge"] = output.limits.max_charge_w
         values["max_discharge"] = output.limits.max_discharge_w
+        values["bms_limits"] = f"{controller.config.bms_limits}: {output.limits.bms}"
         return values
 
     return _DeviceFeed(_controller_device(controller), controller_specs(), read)

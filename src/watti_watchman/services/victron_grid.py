@@ -44,11 +44,14 @@ REPLY_TIMEOUT_S = 2.5
 """The driver flushes replies on a 1 s timer (seen after 23–850 ms): wait at least 2 s."""
 STATUS_INTERVAL_S = 60.0
 """Status is re-published this often (idempotent) so a silently restarted driver re-learns us."""
-KEEPALIVE_INTERVAL_S = 30.0
-"""FlashMQ stops notifications 60 s after the last keepalive; the vanish watch needs them."""
+KEEPALIVE_INTERVAL_S = 25.0
+"""Both bridges stop notifying 60 s after the last keepalive; the vanish watch needs them (≤ 30 s)."""
+DIALECT_TIMEOUT_S = 5.0
+"""No FlashMQ heartbeat this long (s) after a keepalive: the old dbus-mqtt bridge (Venus < 3.20)."""
 WATCHED_PATH = "Ac/Frequency"
 """The one grid path whose 0-byte notification tells that the service vanished (1 Hz echo only)."""
 KEEPALIVE_PAYLOAD = json.dumps({"keepalive-options": ["suppress-republish"]})
+"""FlashMQ: stay alive without a full republish (dbus-mqtt reads it as a topic list matching nothing)."""
 EARLY_FRACTION = 0.25
 """A throttled write may come this fraction of an interval early, so meter jitter never halves the rate."""
 
@@ -130,8 +133,10 @@ class VictronGridProvider:
 
     `write_prefix` is `W/<pid>/grid/<instance>` while writes land (state `registered` or `fixed`),
     else None. `generation` grows whenever a registration is (re-)established: the driver's
-    values then start out invalid. Tunables (`reply_timeout_s`, `status_interval_s`,
-    `keepalive_interval_s`, `backoff`) are read at each use.
+    values then start out invalid. The keepalive speaks the GX's bridge (`dialect`): FlashMQ
+    options once its heartbeat was seen, else after `dialect_timeout_s` without one the old
+    dbus-mqtt's topic list (`["grid/<instance>/Ac/Frequency"]`). Tunables (`reply_timeout_s`,
+    `status_interval_s`, `keepalive_interval_s`, `dialect_timeout_s`, `backoff`) are read at each use.
     """
 
     def __init__(
@@ -152,7 +157,13 @@ class VictronGridProvider:
         self.reply_timeout_s = REPLY_TIMEOUT_S
         self.status_interval_s = STATUS_INTERVAL_S
         self.keepalive_interval_s = KEEPALIVE_INTERVAL_S
+        self.dialect_timeout_s = DIALECT_TIMEOUT_S
         self.backoff = Backoff(initial_s=1.0, cap_s=30.0)
+        self.dialect: Literal["flashmq", "legacy"] | None = None
+        self.keepalives_total = 0
+        self._clock = clock
+        self._keepalive_s: float | None = None
+        self._heartbeat_topic: str | None = None
         self._logger = logging.getLogger(f"watti_watchman.victron_grid.{name}")
         self.failures = FailureLog(self._logger, clock)
         self._garbage = OnceLog(self._logger)
@@ -231,6 +242,9 @@ class VictronGridProvider:
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         if topic == self.reply_topic:
             self._on_reply(payload)
+        elif topic == self._heartbeat_topic and self.dialect != "flashmq":
+            self._logger.info("GX %s speaks FlashMQ (heartbeat seen): keepalive options", self.portal_id)
+            self.dialect = "flashmq"
         elif topic == self._watch_topic and not payload and self.state == "registered" and not self._stopping:
             self.vanished_total += 1
             self._logger.warning(
@@ -327,22 +341,47 @@ class VictronGridProvider:
             self._reason = "retry"
 
     async def _watch(self) -> None:
-        """Subscribe to the vanish watch path and keep notifications alive (idempotent)."""
+        """Subscribe to the vanish watch path (and FlashMQ's heartbeat), keep notifications alive."""
         if self._watch_topic is None or self.portal_id is None:
             return
+        self._heartbeat_topic = f"N/{self.portal_id}/heartbeat"
         try:
-            await self.session.subscribe(self._watch_topic)
+            await self.session.subscribe(self._watch_topic, self._heartbeat_topic)
             await self._keepalive()
         except NotConnectedError:
             return  # `_on_connect` subscribes again
 
     async def _keepalive(self) -> None:
-        await self.session.publish(f"R/{self.portal_id}/keepalive", KEEPALIVE_PAYLOAD)
+        if self.dialect == "legacy":  # dbus-mqtt: a list of patterns below N/<pid>/
+            payload = json.dumps([f"grid/{self.device_instance}/{WATCHED_PATH}"])
+        else:
+            payload = KEEPALIVE_PAYLOAD
+        await self.session.publish(f"R/{self.portal_id}/keepalive", payload)
+        self._keepalive_s = self._clock()
+        self.keepalives_total += 1
+
+    def _legacy_detected(self, now_s: float) -> bool:
+        """True once, when a keepalive went `dialect_timeout_s` without a FlashMQ heartbeat."""
+        if self.dialect is not None or self._keepalive_s is None:
+            return False
+        if now_s - self._keepalive_s < self.dialect_timeout_s:
+            return False
+        self.dialect = "legacy"
+        self._logger.info(
+            "GX %s: no heartbeat within %.0f s: dbus-mqtt (Venus < 3.20), topic-list keepalives",
+            self.portal_id,
+            self.dialect_timeout_s,
+        )
+        return True
 
     async def _keepalive_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.keepalive_interval_s)
+            await asyncio.sleep(min(self.keepalive_interval_s, self.dialect_timeout_s) / 4)
             reraise_swallowed_cancel()
+            now_s = self._clock()
+            due = self._keepalive_s is None or now_s - self._keepalive_s >= self.keepalive_interval_s
+            if not (self._legacy_detected(now_s) or due):
+                continue
             if self.state == "registered" and not self._stopping:
                 try:
                     await self._keepalive()
@@ -408,6 +447,7 @@ class VictronGridProvider:
             "registration_attempts": self.attempts_total,
             "registration_failures": dict(self.failures.by_reason),
             "vanished": self.vanished_total,
+            "keepalive": self.dialect or "unknown",
         }
 
 
@@ -535,6 +575,8 @@ class VictronGridFeeder:
         """Publish `{"value": …}` to `<prefix>/<venus path>` for each; False when the connection is gone."""
         try:
             for quantity, value in values:
+                if self.provider.write_prefix != prefix:
+                    return False  # the service vanished (or the session dropped) mid-round: not one more
                 await self.provider.session.publish(f"{prefix}/{quantity.venus_path}", value_payload(value))
                 self.writes[kind] += 1
         except NotConnectedError:

@@ -15,7 +15,7 @@ from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.config.resolve import ResolvedConfig
 from watti_watchman.sim.janitza_server import JanitzaServer
 from watti_watchman.sim.meter_clock import FIELD, MeterTiming, meter_clocks
-from watti_watchman.sim.plant import PRESETS, Plant, PlantConfig, Profile
+from watti_watchman.sim.plant import ACTUATOR_ERROR, PRESETS, Installation, Plant, PlantConfig, Profile
 from watti_watchman.sim.scenario import load_scenario
 from watti_watchman.sim.venus import VenusEmulator
 from watti_watchman.sim.world import RealTimePlant
@@ -26,8 +26,6 @@ HOST = "127.0.0.1"
 PORTAL_ID = "c0ffee000001"
 GRID_UNIT = 2
 BATTERY_UNIT = 1
-PLANT_OFFSET_W = 20.0
-"""The simulated Multi delivers its setpoint plus this per phase (W): the trim removes it."""
 
 
 @dataclass
@@ -70,15 +68,17 @@ async def simulated_site(
     initial_soc_percent: float = 50.0,
     plant_preset: str = "medium",
     run_plant: bool = True,
+    installation: Installation = ACTUATOR_ERROR,
     timing: MeterTiming = FIELD,
 ) -> AsyncIterator[SimulatedSite]:
     """Start the simulated peers against the broker at 127.0.0.1:`mqtt_port`; the plant runs as a task.
 
-    The meters' windows move as `timing` says (default: the field's frequency wander and jitter).
-    With `run_plant` False the meters serve whatever the caller sets (latency measurements).
+    With `run_plant` False the meters serve whatever the caller sets (latency measurements). The
+    default installation has a Multi with an actuator error the trim must remove, and a BMS. The
+    meters' windows move as `timing` says (default: the field's frequency wander and jitter).
     """
     config = PlantConfig(
-        inverter=PRESETS[plant_preset], initial_soc_percent=initial_soc_percent, offset_w=PLANT_OFFSET_W
+        inverter=PRESETS[plant_preset], installation=installation, initial_soc_percent=initial_soc_percent
     )
     plant = Plant(
         config,
@@ -92,8 +92,9 @@ async def simulated_site(
     await grid_server.start()
     await battery_server.start()
     connection = MqttConnectionConfig(name="venus", host=HOST, port=mqtt_port, client_id="demo_gx")
-    venus = VenusEmulator(connection, PORTAL_ID)
-    venus.set_bms_limits(plant.config.bms_max_charge_current_a, plant.config.bms_max_discharge_current_a)
+    venus = VenusEmulator(connection, PORTAL_ID, bms_limits=installation.bms)
+    if installation.bms:
+        venus.set_bms_limits(plant.config.bms_max_charge_current_a, plant.config.bms_max_discharge_current_a)
     world = RealTimePlant(plant, grid_server, battery_server, venus)
     site = SimulatedSite(mqtt_port, grid_server, battery_server, venus, world)
     tasks = [asyncio.create_task(venus.run(), name="venus")]

@@ -1,9 +1,11 @@
 """A simple step-driven plant for closed-loop tests and the simulator (no I/O, no clock, no asyncio).
 
 Per phase: household load and PV (functions of time), a battery inverter that follows its setpoint
-through dead time, a first-order lag and a slew limit, the BMS charge limit (the Multi obeys it; it
-ignores the discharge limit, as in ESS mode 3) and SOC integration over a capacity. Grid = load −
-PV + battery per phase. Two meters average grid and battery power over 200 ms windows whose phases
+through dead time, a first-order lag and a slew limit on the phases it serves, with an actuator
+error (gain and offset per phase: a real Multi delivers a few % and tens of W off its setpoint),
+the BMS charge limit when the installation has a managed BMS (the Multi obeys it; it ignores the
+discharge limit, as in ESS mode 3) and SOC integration over a capacity. Grid = load − PV + battery
+per phase. Two meters average grid and battery power over 200 ms windows whose phases
 are independent, as two real, unsynchronised meters would report.
 """
 
@@ -61,17 +63,44 @@ PRESETS: Mapping[str, InverterModel] = {
 
 
 @dataclass(frozen=True, slots=True)
+class Installation:
+    """What differs between real installations: phases served, actuator error, a managed BMS."""
+
+    phases: tuple[Phase, ...] = PHASES
+    """Phases the battery inverter(s) serve; setpoints for the others have no effect."""
+    actuator_gain: PhaseTriple = (1.0, 1.0, 1.0)
+    """Per phase, the inverter delivers gain × setpoint + offset."""
+    actuator_offset_w: PhaseTriple = (0.0, 0.0, 0.0)
+    """Per phase (W); see `actuator_gain`."""
+    bms: bool = True
+    """A managed BMS reports charge/discharge current limits; without one, none are reported."""
+
+    def __post_init__(self) -> None:
+        if not self.phases or len(set(self.phases)) != len(self.phases):
+            raise ValueError(f"phases {self.phases!r} must be non-empty and distinct")
+        if not all(math.isfinite(g) and g > 0 for g in self.actuator_gain):
+            raise ValueError("actuator gains must be finite and > 0")
+        if not all(math.isfinite(w) for w in self.actuator_offset_w):
+            raise ValueError("actuator offsets must be finite")
+
+
+IDEAL = Installation()
+"""Three phases, no actuator error, a BMS."""
+ACTUATOR_ERROR = Installation(actuator_gain=(0.97, 0.97, 0.97), actuator_offset_w=(-25.0, -25.0, -25.0))
+"""A Multi that delivers 3 % and 25 W per phase less than commanded."""
+
+
+@dataclass(frozen=True, slots=True)
 class PlantConfig:
-    """Plant parameters: inverter model, battery (Wh, %, V, A), meter windows (s), step (s)."""
+    """Plant parameters: inverter model, installation, battery (Wh, %, V, A), meter windows (s), step (s)."""
 
     inverter: InverterModel = PRESETS["medium"]
+    installation: Installation = IDEAL
     capacity_wh: float = 10_000.0
     initial_soc_percent: float = 50.0
     voltage_v: float = 51.2
     bms_max_charge_current_a: float = 200.0
     bms_max_discharge_current_a: float = 200.0
-    offset_w: float = 0.0
-    """Per phase, the inverter delivers its setpoint plus this (W): the offset the trim removes."""
     window_s: float = 0.2
     grid_window_offset_s: float = 0.0
     battery_window_offset_s: float = 0.09
@@ -153,10 +182,14 @@ class Plant:
 
     def command(self, setpoints: Mapping[Phase, int]) -> None:
         """Send setpoints (W per phase, + = charge) now; they act after the dead time."""
-        target = tuple(float(setpoints.get(phase, 0)) for phase in PHASES)
-        self._pending.append(
-            (self.time_s + self.config.inverter.dead_time_s, (target[0], target[1], target[2]))
+        installation = self.config.installation
+        l1, l2, l3 = (
+            gain * setpoints.get(phase, 0) + offset_w if phase in installation.phases else 0.0
+            for phase, gain, offset_w in zip(
+                PHASES, installation.actuator_gain, installation.actuator_offset_w, strict=True
+            )
         )
+        self._pending.append((self.time_s + self.config.inverter.dead_time_s, (l1, l2, l3)))
 
     def next_window_end_s(self) -> float:
         """Plant time (s) the next meter window closes."""
@@ -172,12 +205,13 @@ class Plant:
         )
 
     def battery_status(self) -> BatteryStatus:
-        """SOC (%) and BMS limits (A, V) as the battery controller would report them."""
+        """SOC (%) and BMS limits (A, V; None without a BMS) as the battery controller reports them."""
         config = self.config
+        bms = config.installation.bms
         return BatteryStatus(
             self.soc_percent,
-            config.bms_max_charge_current_a,
-            config.bms_max_discharge_current_a,
+            config.bms_max_charge_current_a if bms else None,
+            config.bms_max_discharge_current_a if bms else None,
             config.voltage_v,
         )
 
@@ -204,7 +238,7 @@ class Plant:
         target = self._inverter_target()
         follow = 1.0 - math.exp(-h_s / inverter.lag_s) if inverter.lag_s > 0 else 1.0
         for i in range(3):
-            change = (target[i] + config.offset_w - self.battery_w[i]) * follow
+            change = (target[i] - self.battery_w[i]) * follow
             if inverter.slew_w_per_s is not None:
                 limit = inverter.slew_w_per_s * h_s
                 change = max(-limit, min(limit, change))
@@ -223,9 +257,11 @@ class Plant:
     def _apply_battery_limits(self) -> None:
         """The inverter obeys the BMS charge limit and a full or empty battery (not the discharge limit)."""
         config = self.config
-        max_charge_w = (
-            0.0 if self.soc_percent >= 100.0 else config.bms_max_charge_current_a * config.voltage_v
-        )
+        max_charge_w = math.inf
+        if config.installation.bms:
+            max_charge_w = config.bms_max_charge_current_a * config.voltage_v
+        if self.soc_percent >= 100.0:
+            max_charge_w = 0.0
         max_discharge_w = math.inf if self.soc_percent > 0.0 else 0.0
         charging = sum(w for w in self.battery_w if w > 0)
         discharging = -sum(w for w in self.battery_w if w < 0)

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from watti_watchman.domain.readings import PHASES, Phase
+from watti_watchman.sim.plant import IDEAL, Installation
 
 PhaseTriple = tuple[float, float, float]
 NOISE_SLOT_S = 0.05
@@ -67,7 +68,7 @@ class Cycle:
 
 @dataclass(frozen=True)
 class Scenario:
-    """Household load and PV per phase over time, plus the battery's starting point."""
+    """Household load and PV per phase over time, the installation and the battery's starting point."""
 
     name: str
     description: str
@@ -81,6 +82,7 @@ class Scenario:
     seed: int = 1
     initial_soc_percent: float = 50.0
     loop: bool = False
+    installation: Installation = IDEAL
     _noise: tuple[PhaseTriple, ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -176,6 +178,20 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
         seed=int(data.get("seed", 1)),
         initial_soc_percent=float(data.get("initial_soc_percent", 50.0)),
         loop=bool(data.get("loop", False)),
+        installation=_installation(data.get("installation") or {}),
+    )
+
+
+def _installation(data: dict[str, Any]) -> Installation:
+    """The `installation` mapping: phases, actuator_gain, actuator_offset_w (one value or three), bms."""
+    unknown = set(data) - {"phases", "actuator_gain", "actuator_offset_w", "bms"}
+    if unknown:
+        raise ValueError(f"unknown installation keys {sorted(unknown)}")
+    return Installation(
+        phases=_phases(data.get("phases")),
+        actuator_gain=_triple(data.get("actuator_gain"), 1.0),
+        actuator_offset_w=_triple(data.get("actuator_offset_w")),
+        bms=bool(data.get("bms", True)),
     )
 
 

@@ -20,6 +20,10 @@ BAND_W = 50.0
 """Settled = every window after this within ± this of the target (W)."""
 MERGE_S = 1.0
 """Edges closer than this after an event belong to it (a fridge's inrush and its run) (s)."""
+STEADY_S = 20.0
+"""The steady-state error is the mean over this final stretch of a run (s) ..."""
+STEADY_QUIET_S = 25.0
+"""... when no disturbance happens in this final stretch (s)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,8 @@ class Score:
     reversals: int
     """Most band exits of alternating sign within one segment (≥ 2 means ringing)."""
     writes: int
+    steady_error_w: float | None
+    """Mean grid − target over the final STEADY_S of the run (W); None when it is not quiet."""
 
 
 def _edges(scenario: Scenario) -> tuple[list[float], list[tuple[float, float]]]:
@@ -126,4 +132,16 @@ def score(result: RunResult) -> Score:
         max(overshoots) if overshoots else None,
         reversals,
         trace.writes,
+        _steady_error_w(result.scenario, windows),
     )
+
+
+def _steady_error_w(scenario: Scenario, windows: Sequence[tuple[float, float]]) -> float | None:
+    """Mean error of the windows in the final STEADY_S (W), if no disturbance precedes them closely."""
+    edges, ramps = _edges(scenario)
+    disturbances = [*edges, *(t for ramp in ramps for t in ramp)]
+    quiet_from_s = scenario.duration_s - STEADY_QUIET_S
+    if scenario.cycles or scenario.loop or quiet_from_s < 0 or any(t > quiet_from_s for t in disturbances):
+        return None
+    tail = [e for t, e in windows if t > scenario.duration_s - STEADY_S]
+    return sum(tail) / len(tail) if tail else None

@@ -36,13 +36,13 @@ from prometheus_client.core import Metric
 
 from watti_watchman.config.services import ChargeControllerConfig
 from watti_watchman.domain.janitza_timing import PhaseLockedSchedule, ReadTiming
-from watti_watchman.domain.limits import PowerLimits, SocTable, power_limits
+from watti_watchman.domain.limits import BmsTracking, PowerLimits, SocTable, power_limits, track_bms
 from watti_watchman.domain.readings import PHASES, BatteryStatus, PhaseSetpoints, PowerSample
 from watti_watchman.domain.reference_law import reference_setpoints
 from watti_watchman.latest import Latest, Stamped
 from watti_watchman.services.charge_controller import ChargeController, law_parameters
 from watti_watchman.sim.meter_clock import FIELD, MeterTiming, meter_clocks
-from watti_watchman.sim.plant import PRESETS, MeterKind, MeterWindow, Plant, PlantConfig
+from watti_watchman.sim.plant import PRESETS, Installation, MeterKind, MeterWindow, Plant, PlantConfig
 from watti_watchman.sim.scenario import Scenario
 
 T = TypeVar("T")
@@ -434,11 +434,16 @@ class WattiAgent:
             await asyncio.gather(self._task, return_exceptions=True)
 
 
-def _split(total_w: float, limits: PowerLimits) -> PhaseSetpoints:
-    """`total_w` clamped to the limits, split evenly over L1..L3 (integer W)."""
+def _split(total_w: float, limits: PowerLimits, installation: Installation) -> PhaseSetpoints:
+    """`total_w` clamped to the limits, split evenly over the served phases, with the actuator error
+    inverted so that the inverter delivers it (integer W)."""
     clamped = max(-limits.max_discharge_w, min(limits.max_charge_w, total_w))
-    per_phase_w = int(clamped / len(PHASES))
-    return dict.fromkeys(PHASES, per_phase_w)
+    share_w = clamped / len(installation.phases)
+    return {
+        phase: int((share_w - installation.actuator_offset_w[i]) / installation.actuator_gain[i])
+        for i, phase in enumerate(PHASES)
+        if phase in installation.phases
+    }
 
 
 class _SyncAgent:
@@ -465,9 +470,12 @@ class _SyncAgent:
     def _command(self, load_w: float, delay_s: float) -> None:
         """Command target − load within the limits in force now."""
         plant = self._loop.plant
-        limits = power_limits(self._limits, plant.battery_status(), self._config.mode)
+        status = plant.battery_status()
+        settled = BmsTracking(unreported_s=math.inf)
+        bms_use, _ = track_bms(self._limits.bms_policy, status, settled, 0.0, 0.0)
+        limits = power_limits(self._limits, status, self._config.mode, bms_use)
         target_w = self._config.target_setpoint + self._config.import_bias
-        self._loop.deliver(_split(target_w - load_w, limits), delay_s)
+        self._loop.deliver(_split(target_w - load_w, limits, plant.config.installation), delay_s)
 
 
 class MeterOracle(_SyncAgent):
@@ -651,7 +659,10 @@ def simulate_run(
     options: RunOptions = RunOptions(),
 ) -> RunResult:
     """Run one scenario on the plant preset `plant` (a key of `PRESETS`) with `controller` (blocking)."""
-    config = controller_config or default_controller_config()
-    plant_config = PlantConfig(inverter=PRESETS[plant])
+    installation = scenario.installation
+    config = (controller_config or default_controller_config()).model_copy(
+        update={"phases": list(installation.phases)}
+    )
+    plant_config = PlantConfig(inverter=PRESETS[plant], installation=installation)
     trace = asyncio.run(run_loop(scenario, plant_config, controller, config, options))
     return RunResult(scenario, plant, controller, config.target_setpoint + config.import_bias, trace)

@@ -42,17 +42,23 @@ class Outcome:
 
 
 def run(
-    schedule: PollSchedule, clock: ManualClock, meter: WindowClock | None, duration_s: float, settle_s: float
+    schedule: PollSchedule,
+    clock: ManualClock,
+    meter: WindowClock | None,
+    duration_s: float,
+    settle_s: float,
+    rtt_s: float = RTT_S,
 ) -> Outcome:
-    """Drive `schedule` against `meter` (None: values never change) for `duration_s`."""
+    """Drive `schedule` against `meter` (None: values never change) for `duration_s`; a reply
+    takes `rtt_s` and shows the values of its midpoint."""
     start_s = clock()
     outcome = Outcome()
     previous: int | None = None
     while clock() - start_s < duration_s:
         clock.advance(max(0.0, schedule.next_read_at() - clock()))
         sent_s = clock()
-        window = 0 if meter is None else meter.shown_at(sent_s + RTT_S / 2)
-        clock.advance(RTT_S)
+        window = 0 if meter is None else meter.shown_at(sent_s + rtt_s / 2)
+        clock.advance(rtt_s)
         new_window = previous is not None and window != previous
         estimate = schedule.observe(ReadTiming(sent_s, clock(), new_window))
         previous = window
@@ -63,7 +69,7 @@ def run(
             outcome.ages_s[window] = clock() - meter.close_s(window)
             if estimate is not None:
                 error_s = estimate.at_s - meter.close_s(window)
-                outcome.estimate_errors_s.append(error_s / (estimate.uncertainty_s + RTT_S))
+                outcome.estimate_errors_s.append(error_s / (estimate.uncertainty_s + rtt_s))
     return outcome
 
 
@@ -132,6 +138,17 @@ def test_relocks_after_a_phase_step(clock: ManualClock, shift_ms: int, quiet: bo
     assert late == [w for w in late if w < jumped + allowed], f"re-locked within {allowed} windows"
     assert mode_of(schedule) == "phase_locked"
     assert outcome.reads <= 4.0 * 7 + 65, "one short burst (≤ 25 reads at 8 ms), not a blind hold"
+
+
+@pytest.mark.parametrize("rtt_ms", [4, 8])
+def test_slow_replies_are_planned_around(clock: ManualClock, rtt_ms: int) -> None:
+    """A gateway's round trip is measured: reads still land just after each change."""
+    meter = meter_at(clock, MeterTiming(frequency=steady(50.1), jitter_s=0.002))
+    schedule = PhaseLockedSchedule(PERIOD_S)
+    outcome = run(schedule, clock, meter, duration_s=20.0, settle_s=3.0, rtt_s=rtt_ms / 1000)
+    assert mode_of(schedule) == "phase_locked"
+    assert outcome.percentile_s(0.5) < rtt_ms / 1000 + 0.003, "late by about the reply's own travel"
+    assert outcome.reads / 17.0 <= 8.0
 
 
 def test_falls_back_to_fixed_100_ms_polling_when_values_never_change(clock: ManualClock) -> None:

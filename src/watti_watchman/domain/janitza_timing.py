@@ -236,7 +236,7 @@ class PhaseLockedSchedule:
                 self._fit()
                 self._predicted_s, self._run = bracket.at_s, 0
                 self._advance(self._index + 1)
-            elif self.mode == "reacquiring" or hi_s - lo_s <= 2 * self.tuning.burst_s:
+            elif self.mode == "reacquiring" or hi_s - lo_s <= self._tight_s(self.tuning.burst_s):
                 if self.mode == "reacquiring":
                     self.reacquisitions += 1
                 self._lock(lo_s, hi_s)
@@ -260,17 +260,18 @@ class PhaseLockedSchedule:
 
     def _observe_locked(self, lo_s: float, read: ReadTiming) -> ChangeEstimate | None:
         tuning, predicted_s = self.tuning, self._predicted_s
+        shown_s = (read.sent_s + read.arrived_s) / 2  # about when the meter produced the reply
         if not read.new_window:
-            if read.sent_s > predicted_s:
+            if shown_s > predicted_s:
                 self._late = True
-                if read.sent_s > predicted_s + self.period_s * (1 + tuning.period_tolerance):
+                if shown_s > predicted_s + self.period_s * (1 + tuning.period_tolerance):
                     self.slips += 1
                     self._start_search(predicted_s)  # no change for a whole period
             return None
         hi_s = read.arrived_s
         bracket = ChangeEstimate((lo_s + hi_s) / 2, (hi_s - lo_s) / 2)
         was_late, self._late = self._late, False
-        if read.sent_s < predicted_s - tuning.guard_s / 2:
+        if shown_s < predicted_s - tuning.guard_s / 2:
             self.slips += 1  # a probe saw the change: it came early, somewhere in (lo, hi]
             self._calm = 0
             self.mode = "reacquiring"

@@ -57,7 +57,7 @@ def main() -> None:
                 f"{percentile(ms, 0.5):.2f}",
                 f"{percentile(ms, 0.99):.2f}",
                 f"{ms[-1]:.2f}",
-                "p99 ≤ 5",
+                "p99 ≤ 2",
             ]
         ],
     )

@@ -42,7 +42,7 @@ async def test_read_meter_prints_one_reading_and_explains_failures(
     assert "1934.2 W" in out
     code, _, err = await watti("read-meter", "hakk", "-c", str(config))
     assert code == 2
-    assert "no Janitza meter named 'hakk' (known: hak)" in err
+    assert "no meter that can be read once named 'hakk' (known: hak)" in err
     await janitza_server.stop()
     code, _, err = await watti("read-meter", "hak", "-c", str(config))
     assert code == 1

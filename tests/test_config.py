@@ -55,7 +55,8 @@ def test_check_command_exits_0_on_the_original(capsys: pytest.CaptureFixture[str
         (
             'type: "Janitza"',
             'type: "Jantiza"',
-            "meters[0].type: unknown meter type (known: Janitza, Victron) (line 13)",
+            "meters[0].type: unknown meter type (known: Janitza, ModbusMeter, MqttBattery, MqttMeter, Seplos,"
+            " Victron) (line 13)",
         ),
         (
             'grid_meter_name: "hak"\n    battery',

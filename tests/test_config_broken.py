@@ -205,6 +205,7 @@ CASES = [
         "grid_meter_name: no meter",
     ),
     Case("key_is_a_mapping", append("? {a: 1}\n: 2\n"), "keys must be plain text"),
+    Case("huge_file", append("#" * (1 << 20) + "\n"), "larger than 1024 KiB"),
 ]
 CASES[CASES.index(next(c for c in CASES if c.name == "max_age_below_interval"))] = Case(
     "max_age_below_interval",
@@ -283,6 +284,10 @@ async def watti(*args: str) -> tuple[int, str, str]:
 
 
 SUBPROCESS_CASES = [
+    "nan_target",
+    "deep_nesting",
+    "unknown_tag",
+    "non_utf8",
     "soc_key_above_100",
     "missing_ca_file",
     "recursive_alias",
@@ -307,6 +312,11 @@ async def test_real_cli_check_and_run_agree_and_run_connects_nowhere(
     assert checked[2] == ran[2]
     with pytest.raises(BlockingIOError):
         listener.accept()  # nobody connected to the meter's or broker's port
+
+
+def test_an_endless_file_is_refused_unread(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "-c", "/dev/zero"]) == EXIT_CONFIG
+    assert capsys.readouterr().err == "/dev/zero: larger than 1024 KiB: not a configuration\n"
 
 
 def test_merge_keys_and_bounded_aliases_work() -> None:
@@ -346,18 +356,33 @@ def test_env_substitution_types_booleans_where_expected() -> None:
     assert connection.tls is True
 
 
-def test_warnings_are_printed_by_check_and_logged_by_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+async def test_warnings_are_printed_by_check_and_logged_by_run(
+    tmp_path: Path, listener: socket.socket
 ) -> None:
     path = tmp_path / "warn.yml"
+    port = listener.getsockname()[1]
     path.write_text(
-        BASE.format(port=1502).replace("target_setpoint: 0", "target_setpoint: 0\n    max_age: 0.3")
+        BASE.format(port=port).replace("target_setpoint: 0", "target_setpoint: 0\n    max_age: 0.3")
     )
-    assert main(["check", "-c", str(path)]) == EXIT_OK
-    err = capsys.readouterr().err
-    assert err.startswith(f"{path}: warning: services[0].max_age: less than two meters[0].interval")
-    warnings = parse_config(path.read_text(), {}).warnings
-    assert [str(w) for w in warnings] == [err.split("warning: ", 1)[1].strip()]
+    code, out, err = await watti("check", "-c", str(path))
+    assert code == EXIT_OK
+    assert out.startswith(f"configuration OK: {path}")
+    assert out.rstrip().endswith("http: 127.0.0.1:0 (this host only)")
+    expected = "services[0].max_age: less than two meters[0].interval: one late reading stops regulation"
+    assert err.splitlines() == [f"{path}: warning: {expected} (line 29)"]
+    assert [str(w) for w in parse_config(path.read_text(), {}).warnings] == [f"{expected} (line 29)"]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "watti_watchman.cli", "run", "-c", str(path),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    try:
+        async with asyncio.timeout(20):
+            first = (await process.stderr.readline()).decode()
+    finally:
+        process.terminate()
+        await process.wait()
+    assert f" WARNING watti_watchman: {path}: {expected} (line 29)" in first
 
 
 def test_http_host_defaults_to_loopback_and_the_environment_opts_in() -> None:
@@ -370,9 +395,22 @@ def test_http_host_defaults_to_loopback_and_the_environment_opts_in() -> None:
 
 def test_accepted_configurations_build_every_component() -> None:
     from watti_watchman.app import Application  # noqa: PLC0415
+    from watti_watchman.sim.demo import demo_config_text  # noqa: PLC0415
 
     root = Path(__file__).resolve().parent.parent
-    texts = [BASE.format(port=1502), (root / "docs" / "examples" / "original.yml").read_text()]
-    for text in texts:
-        app = Application(parse_config(text, {}), http_port=0)
+    readme = (root / "README.md").read_text().split("```yaml\n", 1)[1].split("```", 1)[0]
+    demo_env = {
+        "WATTI_DEMO_MQTT_PORT": "1883",
+        "WATTI_DEMO_GRID_PORT": "1502",
+        "WATTI_DEMO_BATTERY_PORT": "1503",
+        "WATTI_DEMO_PORTAL_ID": "c0ffee000001",
+    }
+    accepted = [
+        (BASE.format(port=1502), {}),
+        ((root / "docs" / "examples" / "original.yml").read_text(), {}),
+        (readme, {"VICTRON_PORTAL_ID": "c0ffee123456"}),
+        (demo_config_text(), demo_env),
+    ]
+    for text, env in accepted:
+        app = Application(parse_config(text, env), http_port=0)
         assert app.components

@@ -21,16 +21,19 @@ from watti_watchman.clock import Clock, ManualClock, monotonic
 from watti_watchman.config.meters import JanitzaConfig, VictronConfig
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.config.services import ChargeControllerConfig, HassDynamicConfigConfig, HassFeederConfig
+from watti_watchman.devices.janitza import quantity_values
 from watti_watchman.domain.hass import (
     ALLOWED_SENSOR_CLASSES,
     CounterGuard,
     DiscoveryError,
-    SensorSpec,
     build_state,
+    check_quantity,
     check_sensor_classes,
     validate_discovery,
 )
 from watti_watchman.domain.janitza import JANITZA_QUANTITIES, JanitzaReading, reading_from_values
+from watti_watchman.domain.quantities import Quantity
+from watti_watchman.domain.settings import RuntimeSettings, SettingRejectedError, SettingsHolder, TargetRange
 from watti_watchman.domain.victron import VALUES as VICTRON_VALUES
 from watti_watchman.meters.base import Meter
 from watti_watchman.meters.janitza import JanitzaMeter
@@ -55,6 +58,12 @@ def reading(**overrides: float) -> JanitzaReading:
     for key, value in overrides.items():
         values[next(q.index for q in JANITZA_QUANTITIES if q.key == key)] = value
     return reading_from_values(values, invert=False)
+
+
+def publish_reading(meter: JanitzaMeter, value: JanitzaReading) -> None:
+    """Hand `value` to the meter's consumers as its poller would (reading and table values)."""
+    meter.reading.publish(value)
+    meter.values.publish(quantity_values(value))
 
 
 def strict_json(payload: bytes) -> Any:
@@ -205,6 +214,14 @@ def metric(service: HassFeeder | HassDynamicConfig, name: str, **labels: str) ->
     return total
 
 
+def test_target_snaps_to_the_advertised_step() -> None:
+    holder = SettingsHolder(RuntimeSettings(0.0, "both"), TargetRange(min_w=-100.0, max_w=100.0, step_w=10.0))
+    assert holder.set_target("14").target_w == 10.0
+    assert holder.set_target(-95.1).target_w == -100.0
+    with pytest.raises(SettingRejectedError):
+        holder.set_target(100.1)
+
+
 def test_allowed_table_and_state_rules() -> None:
     """The validator enforces PROTOCOLS §5; states carry no non-finite value and no counter regression."""
     check_sensor_classes("energy", "kWh", "total_increasing")
@@ -220,9 +237,17 @@ def test_allowed_table_and_state_rules() -> None:
             check_sensor_classes(*bad)
     assert set(ALLOWED_SENSOR_CLASSES) >= {"voltage", "energy", "power", "battery"}
     specs = (
-        SensorSpec("e", "E", "Wh", "energy", "total_increasing"),
-        SensorSpec("v", "V", "V", "voltage", "measurement"),
+        Quantity("e", "E", "Wh", "energy", "total_increasing"),
+        Quantity("v", "V", "V", "voltage", "measurement"),
     )
+    for spec in specs:
+        check_quantity(spec)
+    for wrong in (
+        Quantity("E", "E", "Wh", "energy", "total_increasing"),
+        Quantity("e", "E", "W", "energy", "total"),
+    ):
+        with pytest.raises(DiscoveryError):
+            check_quantity(wrong)
     guard = CounterGuard()
     assert strict_json(build_state(specs, {"e": 100.0, "v": math.inf}, guard).payload) == {
         "e": 100.0,
@@ -286,8 +311,15 @@ async def test_discovery_valid_complete_and_stable_across_restart(
         assert grid_state["real_power_sum"] == pytest.approx(SAMPLE[13])
         victron_state = strict_json(recorder.on(f"{unique_id}/multi/state")[-1])
         assert victron_state["hub4_mode"] == 3
+        assert isinstance(victron_state["hub4_mode"], int), "codes are shown as integers"
+        assert not any("has_entity_name" in payload for payload in first.values())
         devices = {json.dumps(p["device"], sort_keys=True) for p in first.values()}
-        assert {json.loads(d)["name"] for d in devices} == {"hak", "battery", "multi", "charge_controller"}
+        assert {json.loads(d)["name"] for d in devices} == {
+            "hak",
+            "battery",
+            "multi",
+            "Charge controller (charge_controller)",
+        }
 
         recorder.messages.clear()
         feeder, settings = services()
@@ -304,7 +336,7 @@ async def test_birth_message_triggers_rediscovery_then_states(
 ) -> None:
     prefix = f"{unique_id}_ha"
     plant = make_plant(mqtt_connection, clock, unique_id)
-    plant.grid.reading.publish(reading())
+    publish_reading(plant.grid, reading())
     feeder = fast(HassFeeder(feeder_config(unique_id, update_interval=30), mqtt_connection, [plant.grid], []))
     async with recording(mqtt_connection) as recorder, running(feeder):
         state_topic = f"{unique_id}/hak/state"
@@ -339,14 +371,14 @@ async def test_states_hold_back_energy_regression_and_never_publish_non_finite(
         return [strict_json(p) for p in recorder.on(state_topic)]
 
     async with recording(mqtt_connection) as recorder, running(feeder):
-        plant.grid.reading.publish(reading())
+        publish_reading(plant.grid, reading())
         await wait_until(lambda: any(s["energy_import_sum"] == highest for s in states()), what="first state")
-        plant.grid.reading.publish(reading(energy_import_sum=highest - 500.0, voltage_l1_n=math.nan))
+        publish_reading(plant.grid, reading(energy_import_sum=highest - 500.0, voltage_l1_n=math.nan))
         await wait_until(lambda: states()[-1]["voltage_l1_n"] is None, what="NaN published as unknown")
         assert states()[-1]["energy_import_sum"] == highest
         assert metric(feeder, "watti_hass_energy_regressions_held_back_total") >= 1
         assert metric(feeder, "watti_hass_non_finite_suppressed_total") >= 1
-        plant.grid.reading.publish(reading(energy_import_sum=highest + 10.0))
+        publish_reading(plant.grid, reading(energy_import_sum=highest + 10.0))
         await wait_until(lambda: states()[-1]["energy_import_sum"] == highest + 10.0, what="rise passes")
         controller_state = strict_json(recorder.on(f"{unique_id}/charge_controller/state")[-1])
         assert controller_state["target"] == 0.0
@@ -432,7 +464,7 @@ async def test_last_will_marks_offline_when_the_connection_dies(
     await proxy.start()
     via_proxy = mqtt_connection.model_copy(update={"port": proxy.port})
     plant = make_plant(mqtt_connection, clock, unique_id)
-    plant.grid.reading.publish(reading())
+    publish_reading(plant.grid, reading())
     feeder = fast(HassFeeder(feeder_config(unique_id), via_proxy, [plant.grid], []))
     try:
         async with recording(mqtt_connection) as recorder, running(feeder):

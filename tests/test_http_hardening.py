@@ -17,11 +17,14 @@ from watti_watchman.metrics import Exposition
 
 HEADER_TIMEOUT_S = 0.5
 IDLE_TIMEOUT_S = 1.5
+WRITE_TIMEOUT_S = 0.5
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[HttpServer]:
-    guard = ConnectionGuard(max_connections=8, header_timeout_s=HEADER_TIMEOUT_S)
+    guard = ConnectionGuard(
+        max_connections=8, header_timeout_s=HEADER_TIMEOUT_S, write_timeout_s=WRITE_TIMEOUT_S
+    )
     exposition = Exposition()
     instance = HttpServer(
         build_http_app(exposition, [], dict),
@@ -94,7 +97,21 @@ async def test_slow_headers_are_cut_at_the_header_timeout_although_bytes_keep_co
     await closed
     took_s = time.monotonic() - started
     assert HEADER_TIMEOUT_S - 0.1 <= took_s <= HEADER_TIMEOUT_S + 0.4
-    assert server.guard.header_timeouts_total == 1
+    assert server.guard.timeouts_total == {"header": 1, "write": 0}
+    writer.close()
+
+
+async def test_a_client_that_stops_reading_is_cut_at_the_write_timeout(server: HttpServer) -> None:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills quickly
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+    _, writer = await asyncio.open_connection(sock=sock)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 3000)  # ~27 MB of status pages, never read
+    await wait_until(
+        lambda: server.guard.timeouts_total["write"] == 1, timeout_s=10, what="the write timeout"
+    )
+    await wait_until(lambda: server.guard.open == 0, timeout_s=2, what="the connection to close")
     writer.close()
 
 

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import math
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -11,12 +12,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.modbus_fixtures import janitza_config
 from tests.support.waiting import wait_until
-from watti_watchman.clock import ManualClock
+from watti_watchman.clock import ManualClock, monotonic
 from watti_watchman.domain.janitza import QUANTITIES_BY_KEY
 from watti_watchman.domain.janitza_timing import FixedSchedule
+from watti_watchman.domain.quantities import format_values
 from watti_watchman.meters.base import PowerMeter
-from watti_watchman.meters.janitza import JanitzaMeter, JanitzaReadError, format_reading, read_meter
+from watti_watchman.meters.janitza import JanitzaMeter, JanitzaReadError, read_meter
 from watti_watchman.metrics import Exposition
+from watti_watchman.registry import BuildContext, device_type
 from watti_watchman.sim.janitza_server import JanitzaServer
 from watti_watchman.sim.meter_clock import FIELD, WindowClock
 
@@ -65,11 +68,20 @@ async def test_meter_publishes_every_quantity_with_both_framings(
 
 
 async def test_read_meter_prints_the_real_power_sum(janitza_server: JanitzaServer) -> None:
-    table = format_reading(await read_meter(janitza_config(janitza_server)))
-    real_power = next(line for line in table.splitlines() if line.startswith("real power"))
-    assert real_power.split() == ["real", "power", "614.0", "W", "319.3", "W", "1000.9", "W", "1934.2", "W"]
-    assert "50.01 Hz" in table
-    assert "-1065.0 var" in table
+    read_once = device_type("Janitza").read_once
+    assert read_once is not None
+    reading = await read_once(janitza_config(janitza_server), BuildContext(monotonic, {}))
+    table = format_values(reading.quantities, reading.values)
+    shown = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in table.splitlines())
+    assert len(shown) == 39
+    assert [shown[f"Real power {p}"] for p in ("L1", "L2", "L3", "sum")] == [
+        "614.0 W",
+        "319.3 W",
+        "1000.9 W",
+        "1934.2 W",
+    ]
+    assert shown["Frequency"] == "50.01 Hz"
+    assert shown["Rotation field"] == "1"
 
 
 async def test_read_meter_explains_failures(

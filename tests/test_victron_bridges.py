@@ -48,15 +48,21 @@ def emulator(connection: MqttConnectionConfig, portal_id: str, mode: Mode, k: fl
     )
 
 
-def victron_meter(connection: MqttConnectionConfig, portal_id: str, k: float = K) -> VictronMeter:
-    """A meter with its default tunables (max_age 10 s, keepalive 25 s …) divided by `k`, dialect auto."""
+def victron_meter(
+    connection: MqttConnectionConfig, portal_id: str, k: float = K, max_age_k: float | None = None
+) -> VictronMeter:
+    """A meter with its default tunables (max_age 10 s, keepalive 25 s …) divided by `k`, dialect auto.
+
+    `max_age_k` compresses max_age (and the probe period derived from it) less, where the test
+    machine's scheduling noise, which is not compressed, would otherwise eat the field's margin.
+    """
     config = VictronConfig.model_validate(
         {
             "type": "Victron",
             "name": "multi",
             "mqtt_connection_name": "test",
             "id": portal_id,
-            "max_age": 10.0 / k,
+            "max_age": 10.0 / (max_age_k or k),
         }
     )
     meter = VictronMeter(config, connection)
@@ -216,10 +222,10 @@ async def test_broker_restart_regulates_again(
 async def test_static_values_for_five_minutes_never_silent(
     mqtt_connection: MqttConnectionConfig, unique_id: str, mode: Mode, caplog: pytest.LogCaptureFixture
 ) -> None:
-    k = 40.0  # five field-minutes in 7.5 s
+    k = 40.0  # five field-minutes in 7.5 s; max_age (10 s) only 20× (0.5 s): a stall is not compressed
     pid = unique_id
     venus = emulator(mqtt_connection, pid, mode, k)
-    meter = victron_meter(mqtt_connection, pid, k)
+    meter = victron_meter(mqtt_connection, pid, k, max_age_k=20.0)
     caplog.set_level(logging.INFO)
     async with running(venus, meter):
         await wait_until(lambda: regulating(meter), 3.0, "regulating")
@@ -233,10 +239,12 @@ async def test_static_values_for_five_minutes_never_silent(
             await asyncio.sleep(0.01)
         assert silences(meter) == 0
         assert meter.messages_by_reason["empty"] == 0, "the bridge never blanked our values"
-        assert worst_gap_s * k <= 10.0, f"battery status {worst_gap_s * k:.1f} field-s old: not re-published"
+        assert worst_gap_s <= meter.config.max_age, (
+            f"battery status {worst_gap_s:.3f} s old: not re-published"
+        )
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "multi" in r.name]
     assert warnings == [], [r.getMessage() for r in warnings]
-    print(f"{mode}: worst battery status age {worst_gap_s * k:.1f} field-s, probes {meter.probes_total}")
+    print(f"{mode}: worst battery status age {worst_gap_s * 20:.1f} field-s, probes {meter.probes_total}")
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -24,10 +24,7 @@ from watti_watchman.domain.janitza import QUANTITIES_BY_KEY, reading_from_values
 from watti_watchman.meters.janitza import JanitzaMeter
 from watti_watchman.mqtt import MqttSession
 from watti_watchman.services.victron_grid import (
-    ALL_QUANTITIES,
     KEEPALIVE_PAYLOAD,
-    POWER_QUANTITIES,
-    SLOW_QUANTITIES,
     VictronGridFeeder,
     _Throttle,
     venus_value,
@@ -250,9 +247,11 @@ async def test_registers_then_writes_every_path_with_venus_units_and_signs(
         assert r.venus.rejected_writes == 0, "nothing written before the registration reply"
 
         expected = reading_from_values(SAMPLE, invert)
-        for quantity in ALL_QUANTITIES:
+        assert len(feeder.all_quantities) == len(GRID_PATHS)
+        for quantity in feeder.all_quantities:
             value = r.grid_value(str(quantity.venus_path))
-            assert value == pytest.approx(expected.value(quantity) * quantity.venus_scale, abs=0.051)
+            row = QUANTITIES_BY_KEY[quantity.key]
+            assert value == pytest.approx(expected.value(row) * quantity.venus_scale, abs=0.051)
         sign = -1 if invert else 1
         assert r.grid_value("Ac/Power") == pytest.approx(sign * 1934.24, abs=0.05)
         assert r.grid_value("Ac/L3/Power") == pytest.approx(sign * 1000.94, abs=0.05)
@@ -300,9 +299,9 @@ async def test_rates_stay_within_the_configured_intervals(
             return sum(1 for w in r.writes(path) if start_s <= w.at_s <= end_s)
 
         span_s = end_s - start_s
-        for quantity in POWER_QUANTITIES:
+        for quantity in r.feeder.power_quantities:
             assert span_s / 0.2 * 0.6 <= count(str(quantity.venus_path)) <= span_s / 0.2 + 2
-        for quantity in SLOW_QUANTITIES:
+        for quantity in r.feeder.slow_quantities:
             assert 1 <= count(str(quantity.venus_path)) <= span_s / 1.0 + 2
 
 
@@ -439,13 +438,14 @@ async def test_energy_counters_never_go_down(mqtt_connection: MqttConnectionConf
     async with rig(mqtt_connection, unique_id) as r:
         await wait_until(r.all_written, 5, "all grid paths written")
         import_sum = QUANTITIES_BY_KEY["energy_import_sum"]
+        import_row = next(q for q in r.feeder.all_quantities if q.key == import_sum.key)
         values = list(r.server.values)
         values[import_sum.index] -= 5000.0  # a meter power loss: counters restart from the last save
         first = r.meter.reading.seq
         r.server.set_values(values)
         held = "watti_victron_grid_energy_regressions_held_back_total"
         await wait_until(lambda: r.meter.reading.seq > first and metric(r.feeder, held), 5, "held back")
-        assert r.grid_value("Ac/Energy/Forward") == venus_value(import_sum, SAMPLE[import_sum.index])
+        assert r.grid_value("Ac/Energy/Forward") == venus_value(import_row, SAMPLE[import_sum.index])
 
 
 async def test_shutdown_withdraws_the_service(mqtt_connection: MqttConnectionConfig, unique_id: str) -> None:

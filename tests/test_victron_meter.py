@@ -7,6 +7,7 @@ import math
 
 import pytest
 from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.brokers import TestBroker
 from tests.support.waiting import wait_until
@@ -24,6 +25,7 @@ from watti_watchman.domain.victron import (
 )
 from watti_watchman.meters.base import BatteryController, PowerMeter
 from watti_watchman.meters.victron import SUPPRESS_REPUBLISH, VictronMeter, VictronNotReadyError
+from watti_watchman.metrics import Exposition
 from watti_watchman.mqtt import NotConnectedError
 from watti_watchman.sim.venus import STATE_BULK, VenusEmulator
 
@@ -68,10 +70,14 @@ def samples(meter: VictronMeter, family: str) -> dict[tuple[str, ...], float]:
     """The samples of one metric family, keyed by label values."""
     found: dict[tuple[str, ...], float] = {}
     metric: Metric
-    for metric in meter.collect_metrics():
-        if metric.name == family:
-            for sample in metric.samples:
-                found[tuple(sample.labels.values())] = sample.value
+    exposition = Exposition()
+    exposition.add(meter)
+    for metric in text_string_to_metric_families(exposition.render().decode()):
+        for sample in metric.samples:
+            if sample.name in (family, f"{family}_total"):
+                found[tuple(sample.labels[k] for k in sorted(sample.labels, key=lambda k: k != "name"))] = (
+                    sample.value
+                )
     return found
 
 
@@ -140,10 +146,11 @@ def test_snapshot_soc_preference_and_null_phases() -> None:
 # -- against the emulator -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("mode", ["flashmq", "legacy"])
 async def test_discovers_portal_id_and_instances(
-    mqtt_connection: MqttConnectionConfig, unique_id: str
+    mqtt_connection: MqttConnectionConfig, unique_id: str, mode: str
 ) -> None:
-    venus = gx(mqtt_connection, unique_id, vebus_instance=228, battery_instance=288)
+    venus = gx(mqtt_connection, unique_id, vebus_instance=228, battery_instance=288, mode=mode)
     meter = make_meter(mqtt_connection, None)
     power_meter: PowerMeter = meter  # both capabilities, checked by mypy
     controller: BatteryController = meter
@@ -363,16 +370,20 @@ async def test_counts_each_bad_payload_class(
             assert f"{reason} payload on {topic}" in caplog.text
             venus.set_ac_in(0.0, 0.0, 0.0)  # the next round's change is notified again
         assert samples(meter, "watti_victron_messages")[("multi", "oversized")] == 1.0
+        # the GX's last notifications must land before ours (two publishers: no order between them)
+        await wait_until(lambda: meter.power.get(MAX_AGE_S) == PowerSample(0.0, 0.0, 0.0, 0.0), 2.0)
 
         await probe.publish(topic, b'{"value": null}')
         await wait_until(lambda: meter.messages_by_reason["null"] == 1, 2.0)
         assert meter.power.get(MAX_AGE_S) == PowerSample(0.0, 0.0, 0.0, 0.0), "null = phase absent"
 
+        meter.full_publish_retry_s = 60.0  # hold the re-request back: the gap is observable under load
         await probe.publish(topic, b"")  # the vebus service vanished
         await wait_until(lambda: not meter.ready_for_setpoints(), 2.0, "vebus gone")
         with pytest.raises(VictronNotReadyError):
             await meter.write_setpoints({"L1": 0})
         assert meter.power.get(MAX_AGE_S) is None
+        meter.full_publish_retry_s = 0.3
         await wait_until(meter.ready_for_setpoints, 3.0, "missing values re-requested with a full republish")
         assert meter.keepalives_by_kind["full"] >= 2
 

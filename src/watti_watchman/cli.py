@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import signal
 import sys
@@ -9,10 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from watti_watchman import __version__
+from watti_watchman.clock import monotonic
 from watti_watchman.config.loader import ConfigError, load_config
-from watti_watchman.config.meters import JanitzaConfig, VictronConfig
 from watti_watchman.config.resolve import ResolvedConfig
 from watti_watchman.config.schema import schema_text
+from watti_watchman.domain.quantities import format_values
+from watti_watchman.registry import BuildContext, DeviceReadError, device_type
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -53,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("check", parents=[config_opt], help="validate the configuration and summarise it")
     commands.add_parser("schema", parents=[global_opts], help="print the JSON schema of the configuration")
     read_meter = commands.add_parser("read-meter", parents=[config_opt], help="read one meter once")
-    read_meter.add_argument("meter", metavar="NAME", help="name of a Janitza meter in the configuration")
+    read_meter.add_argument("meter", metavar="NAME", help="name of a meter that can be read once")
     demo = commands.add_parser(
         "demo", parents=[global_opts], help="simulated plant + embedded broker + live status page"
     )
@@ -77,23 +80,23 @@ def _summary(resolved: ResolvedConfig, path: Path) -> str:
         tls = " (TLS)" if connection.tls_config() else ""
         lines.append(f"  mqtt connection {connection.name}: {connection.host}:{connection.port}{tls}")
     for meter in config.meters:
-        if isinstance(meter, JanitzaConfig):
-            where = f"{meter.host}:{meter.port} unit {meter.unit} ({meter.framing})"
-            extra = ", inverted" if meter.invert else ""
-            lines.append(f"  meter {meter.name}: Janitza at {where}{extra}")
-        elif isinstance(meter, VictronConfig):
-            portal = meter.id or "discovered"
-            lines.append(
-                f"  meter {meter.name}: Victron GX via {meter.mqtt_connection_name}, portal id {portal}"
-            )
+        lines.append(f"  meter {meter.name}: {device_type(meter.type).summary(meter)}")
     for service in config.services:
         fields = service.model_dump(exclude={"type", "name"})
         shown = ", ".join(
             f"{k}={v}" for k, v in fields.items() if k.endswith("_name") or k in {"target_setpoint", "mode"}
         )
         lines.append(f"  service {service.type} '{service.name}': {shown}")
-    lines.append(f"  http: {config.http.host}:{config.http.port}")
+    reach = "this host only" if _is_loopback(config.http.host) else "reachable from the network"
+    lines.append(f"  http: {config.http.host}:{config.http.port} ({reach})")
     return "\n".join(lines)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 async def _run_until_signal(resolved: ResolvedConfig, dry_run: bool) -> int:
@@ -113,19 +116,19 @@ async def _run_until_signal(resolved: ResolvedConfig, dry_run: bool) -> int:
 
 
 async def _read_meter(resolved: ResolvedConfig, name: str) -> int:
-    from watti_watchman.meters.janitza import JanitzaReadError, format_reading, read_meter  # noqa: PLC0415
-
-    meter = resolved.meters.get(name)
-    if not isinstance(meter, JanitzaConfig):
-        known = ", ".join(m.name for m in resolved.config.meters if isinstance(m, JanitzaConfig))
-        print(f"no Janitza meter named {name!r} (known: {known or 'none'})", file=sys.stderr)
+    readable = {m.name: m for m in resolved.config.meters if device_type(m.type).read_once is not None}
+    meter = readable.get(name)
+    read_once = None if meter is None else device_type(meter.type).read_once
+    if meter is None or read_once is None:
+        known = ", ".join(readable) or "none"
+        print(f"no meter that can be read once named {name!r} (known: {known})", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        reading = await read_meter(meter)
-    except JanitzaReadError as error:
-        print(f"{name}: cannot read {meter.host}:{meter.port} unit {meter.unit}: {error}", file=sys.stderr)
+        reading = await read_once(meter, BuildContext(monotonic, resolved.connections))
+    except DeviceReadError as error:
+        print(f"{name}: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    print(format_reading(reading))
+    print(format_values(reading.quantities, reading.values))
     return EXIT_OK
 
 

@@ -32,11 +32,11 @@ class FailureLog:
         else:
             self._logger.debug("%s: %s", reason, detail)
 
-    def success(self, what: str = "recovered") -> None:
-        """Record a success; ends an outage with one INFO line naming its duration."""
+    def success(self, what: str = "recovered", at_s: float | None = None) -> None:
+        """Record a success; ends an outage with one INFO line naming its duration (until `at_s`)."""
         if self._outage_started_s is None:
             return
-        duration_s = self._clock() - self._outage_started_s
+        duration_s = (self._clock() if at_s is None else at_s) - self._outage_started_s
         self._logger.info("%s after %.1f s outage (%d failures)", what, duration_s, self._failures_in_outage)
         self._outage_started_s = None
         self._failures_in_outage = 0

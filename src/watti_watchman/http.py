@@ -1,6 +1,6 @@
 """The HTTP server: /metrics (Prometheus), /healthz, /api/status and the status page.
 
-Hardened for a LAN: loopback by default, header-read and idle timeouts, a connection cap and a
+Hardened for a LAN: loopback by default, header-read, idle and write timeouts, a connection cap and a
 descriptor reserve (HTTP is refused long before the meters' and brokers' sockets could be),
 malformed requests counted and logged at DEBUG, no server version header.
 """
@@ -19,7 +19,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from watti_watchman.meters.base import Meter
+from watti_watchman.failures import OnceLog
+from watti_watchman.meters.base import Source
 from watti_watchman.metrics import CONTENT_TYPE, Exposition
 
 logger = logging.getLogger("watti_watchman.http")
@@ -31,10 +32,16 @@ HEADER_TIMEOUT_S = 5.0
 """A request whose headers are not complete this long after its first byte: connection closed."""
 IDLE_TIMEOUT_S = 15.0
 """A connection without a request this long (after opening or the last response): closed."""
+WRITE_TIMEOUT_S = 10.0
+"""A client that reads nothing of a response for this long (send buffers full): closed."""
 MAX_CONNECTIONS = 64
 """Concurrent HTTP connections; more are closed at once (Prometheus needs one or two)."""
 FD_RESERVE = 64
 """Descriptors kept free for the meters and MQTT sessions: HTTP is refused within this margin."""
+BACKLOG = 128
+"""Listen backlog; also the most connections accepted per wake-up (each judged before the next)."""
+ACCEPT_PAUSE_S = 1.0
+"""After accept() itself fails (descriptors exhausted elsewhere), stop accepting this long."""
 SERVER_HEADER = "WattiWatchman"
 
 
@@ -45,7 +52,7 @@ def _status_page() -> bytes:
 
 def build_http_app(
     exposition: Exposition,
-    meters: Sequence[Meter],
+    meters: Sequence[Source],
     status: StatusProvider,
     live: StatusProvider | None = None,
 ) -> web.Application:
@@ -129,14 +136,16 @@ class ConnectionGuard:
         max_connections: int = MAX_CONNECTIONS,
         fd_reserve: int = FD_RESERVE,
         header_timeout_s: float = HEADER_TIMEOUT_S,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
     ) -> None:
         self.max_connections = max_connections
         self.header_timeout_s = header_timeout_s
+        self.write_timeout_s = write_timeout_s
         self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.fd_reserve = fd_reserve
         self.open = 0
-        self.refused_total: dict[str, int] = {"connection_limit": 0, "fd_reserve": 0}
-        self.header_timeouts_total = 0
+        self.refused_total: dict[str, int] = {"connection_limit": 0, "fd_reserve": 0, "accept_failed": 0}
+        self.timeouts_total: dict[str, int] = {"header": 0, "write": 0}
         self.bad_requests_total = 0
 
     def refusal(self, fileno: int) -> str | None:
@@ -160,10 +169,13 @@ class ConnectionGuard:
             refused.add_metric([reason], count)
         yield refused
         timeouts = CounterMetricFamily(
-            "watti_http_header_timeouts",
-            f"HTTP requests whose headers took over {self.header_timeout_s:g} s",
+            "watti_http_timeouts",
+            f"HTTP connections closed: headers slower than {self.header_timeout_s:g} s (header) or"
+            f" a response unread for {self.write_timeout_s:g} s (write)",
+            labels=["reason"],
         )
-        timeouts.add_metric([], self.header_timeouts_total)
+        for reason, count in sorted(self.timeouts_total.items()):
+            timeouts.add_metric([reason], count)
         yield timeouts
         bad = CounterMetricFamily("watti_http_bad_requests", "Malformed HTTP requests (answered 400)")
         bad.add_metric([], self.bad_requests_total)
@@ -171,32 +183,20 @@ class ConnectionGuard:
 
 
 class _GuardedHandler(web.RequestHandler):
-    """aiohttp's protocol plus the guard: refuse over the limits, header-read timeout."""
+    """aiohttp's protocol plus the guard's header-read and write timeouts."""
 
     def __init__(self, manager: web.Server, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self.guard = guard
-        self.refused = False
         self.in_request = False
         self._header_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        sock = transport.get_extra_info("socket")
-        reason = self.guard.refusal(sock.fileno() if sock is not None else -1)
-        if reason is not None:
-            self.refused = True
-            self.guard.refused_total[reason] += 1
-            logger.debug("HTTP connection refused: %s", reason)
-            transport.close()
-            return
-        self.guard.open += 1
-        super().connection_made(transport)
+        self._write_timer: asyncio.TimerHandle | None = None
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self.refused:
-            return
         self.guard.open -= 1
         self.request_started()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -218,9 +218,27 @@ class _GuardedHandler(web.RequestHandler):
 
     def _header_timeout(self) -> None:
         self._header_timer = None
-        self.guard.header_timeouts_total += 1
+        self.guard.timeouts_total["header"] += 1
         logger.debug("HTTP request headers not complete within %g s: closed", self.guard.header_timeout_s)
         self.force_close()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        loop = asyncio.get_running_loop()
+        self._write_timer = loop.call_later(self.guard.write_timeout_s, self._write_timeout)
+
+    def resume_writing(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        super().resume_writing()
+
+    def _write_timeout(self) -> None:
+        self._write_timer = None
+        self.guard.timeouts_total["write"] += 1
+        logger.debug("HTTP client read nothing for %g s: closed", self.guard.write_timeout_s)
+        if self.transport is not None:
+            self.transport.abort()  # close() would wait for the buffered data to drain
 
     def handle_error(
         self,
@@ -265,7 +283,9 @@ class HttpServer:
             "logger": _RequestLog(self.guard),
         }
         self._runner = web.AppRunner(app, handle_signals=False, **self._handler_options)
-        self._server: asyncio.Server | None = None
+        self._listeners: list[socket.socket] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._accept_failures = OnceLog(logger)
         self.host = host
         self.port = port
 
@@ -275,15 +295,8 @@ class HttpServer:
         Raises HttpBindError when the address cannot be bound.
         """
         await self._runner.setup()
-        manager = self._runner.server
-        assert manager is not None
-        loop = asyncio.get_running_loop()
-
-        def protocol() -> _GuardedHandler:
-            return _GuardedHandler(manager, self.guard, loop=loop, **self._handler_options)
-
         try:
-            self._server = await loop.create_server(protocol, self.host, self.port, reuse_address=True)
+            self._listeners = await _listen(self.host, self.port)
         except OSError as error:
             await self._runner.cleanup()
             if error.errno and not isinstance(error, socket.gaierror):
@@ -291,9 +304,61 @@ class HttpServer:
             else:  # a host name that does not resolve: the resolver's own words
                 reason = (error.strerror or str(error)).lower()
             raise HttpBindError(f"cannot listen on {self.host}:{self.port} (http): {reason}") from None
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            loop.add_reader(listener.fileno(), self._accept, listener)
         if self.port == 0:
-            self.port = self._server.sockets[0].getsockname()[1]
+            self.port = self._listeners[0].getsockname()[1]
         logger.info("HTTP server on http://%s:%d/ (metrics at /metrics)", self.host, self.port)
+
+    def _accept(self, listener: socket.socket) -> None:
+        """Accept pending connections one by one, closing each refused one before the next.
+
+        asyncio's own accept loop takes up to a backlog of sockets before any protocol can refuse
+        one, which can exhaust the descriptors the meters need; here none is ever held.
+        """
+        loop = asyncio.get_running_loop()
+        for _ in range(BACKLOG):
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # EMFILE/ENFILE/ENOBUFS: descriptors exhausted elsewhere
+                self.guard.refused_total["accept_failed"] += 1
+                self._accept_failures.warn(
+                    "accept", "HTTP accept failed, pausing %g s: %s", ACCEPT_PAUSE_S, error
+                )
+                loop.remove_reader(listener.fileno())
+                loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting, listener)
+                return
+            reason = self.guard.refusal(conn.fileno())
+            if reason is not None:
+                self.guard.refused_total[reason] += 1
+                logger.debug("HTTP connection refused: %s", reason)
+                conn.close()
+                continue
+            self.guard.open += 1
+            task = loop.create_task(self._serve(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _resume_accepting(self, listener: socket.socket) -> None:
+        if listener.fileno() >= 0:
+            asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        """Hand an accepted socket to aiohttp's protocol (its connection_lost releases the slot)."""
+        manager = self._runner.server
+        assert manager is not None
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                lambda: _GuardedHandler(manager, self.guard, loop=loop, **self._handler_options), conn
+            )
+        except OSError as error:  # the client left before the transport existed
+            self.guard.open -= 1
+            conn.close()
+            logger.debug("HTTP connection lost while accepting: %s", error)
 
     def collect_metrics(self) -> Iterable[Metric]:
         """The guard's connection counters."""
@@ -301,6 +366,34 @@ class HttpServer:
 
     async def stop(self) -> None:
         """Stop listening, close the connections."""
-        if self._server is not None:
-            self._server.close()
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            if listener.fileno() >= 0:
+                loop.remove_reader(listener.fileno())
+            listener.close()
         await self._runner.cleanup()
+
+
+async def _listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address of `host` (as asyncio's create_server binds them)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    listeners: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            listener = socket.socket(family, kind, proto)
+            listeners.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and listeners[:-1]:  # one free port for every address
+                listener.bind((address[0], listeners[0].getsockname()[1], *address[2:]))
+            else:
+                listener.bind(address)
+            listener.listen(BACKLOG)
+            listener.setblocking(False)
+    except OSError:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners

@@ -1,40 +1,205 @@
-"""Prometheus exposition from in-memory snapshots: components yield families, merged here."""
+"""Prometheus exposition (text format 0.0.4) rendered from prepared families.
+
+Components yield prometheus_client families from `collect_metrics()` (their own state, as
+prepared `Family` snapshots or prometheus_client's `Histogram`); a meter's quantity table is
+rendered from families prepared once per meter and re-formatted only when its values change.
+Header lines and series prefixes are built once and cached, so a scrape costs little more than
+formatting the numbers. Same-named families from several sources become one block (one
+HELP/TYPE). The output is byte-for-byte what prometheus_client's `generate_latest` writes for
+the same families, except that `_created` samples are left out.
+"""
 
 import time
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import chain
+from typing import Literal, Protocol
 
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+import prometheus_client
+from prometheus_client import ProcessCollector
 from prometheus_client.core import Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
+
+from watti_watchman.meters.base import Meter
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
-PHASES = ("l1", "l2", "l3")
+MAX_CACHED_SERIES = 20_000
+"""The series prefix cache is emptied beyond this many entries (label values that keep changing)."""
+
+Kind = Literal["gauge", "counter"]
+Block = tuple[str, str, Sequence[str]]
+"""One family's contribution: (exposed name, HELP/TYPE header, sample lines)."""
+Emit = Callable[[], Iterable[Block]]
 
 
-class Histogram:
-    """Cumulative-bucket histogram of seconds, rendered through a HistogramMetricFamily."""
+def format_value(value: float) -> str:
+    """A sample value exactly as prometheus_client writes it (`repr`, Go style beyond 1e6)."""
+    number = float(value)
+    if -1e6 < number < 1e6:
+        return repr(number)
+    return str(floatToGoString(number))  # type: ignore[no-untyped-call]
 
-    def __init__(self, bounds_s: tuple[float, ...]) -> None:
-        self.bounds_s = bounds_s
-        self.counts = [0] * len(bounds_s)
-        self.count = 0
-        self.sum_s = 0.0
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", r"\\").replace("\n", r"\n")
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def header(exposed_name: str, documentation: str, kind: str) -> str:
+    """The `# HELP` and `# TYPE` lines of one family."""
+    return f"# HELP {exposed_name} {_escape_help(documentation)}\n# TYPE {exposed_name} {kind}\n"
+
+
+def series_prefix(sample_name: str, labels: Iterable[tuple[str, str]]) -> str:
+    """`name{a="x",b="y"} ` (labels sorted by name, values escaped) — a sample line without its value."""
+    pairs = sorted(labels)
+    if not pairs:
+        return f"{sample_name} "
+    inner = ",".join(f'{key}="{_escape_label(value)}"' for key, value in pairs)
+    return f"{sample_name}{{{inner}}} "
+
+
+class Prepared(Metric):
+    """A family rendered from prepared series prefixes: `exposed` name, `header` and `lines()`."""
+
+    exposed: str
+    header: str
+
+    def lines(self) -> list[str]:
+        """The current sample lines of the text format."""
+        raise NotImplementedError
+
+
+class Family(Prepared):
+    """A snapshot gauge or counter family prepared once: a component keeps it and, at each
+    scrape, yields it with its current samples (`set`); the exposition then only formats numbers.
+
+    Name without `_total` for counters, as with prometheus_client's families.
+    """
+
+    def __init__(self, kind: Kind, name: str, documentation: str, labels: Sequence[str] = ("name",)) -> None:
+        super().__init__(name, documentation, kind)
+        self.labelnames = tuple(labels)
+        self.exposed = name + "_total" if kind == "counter" else name
+        self.header = header(self.exposed, documentation, kind)
+        self._prefixes: dict[tuple[str, ...], str] = {}
+        self._current: list[tuple[tuple[str, ...], float]] = []
+
+    @property
+    def samples(self) -> list[Sample]:
+        """The current samples as prometheus_client `Sample`s (for readers other than the exposition)."""
+        return [
+            Sample(self.exposed, dict(zip(self.labelnames, labels, strict=True)), value)
+            for labels, value in self._current
+        ]
+
+    @samples.setter
+    def samples(self, _: object) -> None:
+        """Ignored: samples come from `set`."""
+
+    def set(self, samples: Iterable[tuple[Sequence[str], float]]) -> "Family":
+        """Replace the current samples with (label values, value) pairs; returns the family."""
+        self._current = [(tuple(labels), float(value)) for labels, value in samples]
+        return self
+
+    def one(self, value: float, *labels: str) -> "Family":
+        """Replace the current samples with one series."""
+        self._current = [(labels, float(value))]
+        return self
+
+    def lines(self) -> list[str]:
+        """The current sample lines of the text format."""
+        prefixes = self._prefixes
+        lines = []
+        for labels, value in self._current:
+            prefix = prefixes.get(labels)
+            if prefix is None:
+                if len(prefixes) >= MAX_CACHED_SERIES:
+                    prefixes.clear()
+                pairs = zip(self.labelnames, labels, strict=True)
+                prefix = prefixes[labels] = series_prefix(self.exposed, pairs)
+            lines.append(f"{prefix}{format_value(value)}\n")
+        return lines
+
+
+class Families:
+    """A component's prepared families by name, created on first use and kept between scrapes."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, Family] = {}
+
+    def _get(self, kind: Kind, name: str, documentation: str, labels: Sequence[str]) -> Family:
+        family = self._known.get(name)
+        if family is None:
+            family = self._known[name] = Family(kind, name, documentation, labels)
+        return family
+
+    def gauge(self, name: str, documentation: str, labels: Sequence[str] = ("name",)) -> Family:
+        """The gauge family `name` (set its samples with `one` or `set`)."""
+        return self._get("gauge", name, documentation, labels)
+
+    def counter(self, name: str, documentation: str, labels: Sequence[str] = ("name",)) -> Family:
+        """The counter family `name` (without `_total`)."""
+        return self._get("counter", name, documentation, labels)
+
+
+class Histogram(Prepared):
+    """prometheus_client's own Histogram (buckets, count, sum) of one component (label `name`),
+    rendered from prepared series prefixes; seconds."""
+
+    def __init__(self, name: str, documentation: str, component: str, bounds_s: Sequence[float]) -> None:
+        super().__init__(name, documentation, "histogram")
+        self.family = prometheus_client.Histogram(
+            name, documentation, ["name"], buckets=tuple(bounds_s), registry=None
+        )
+        """The prometheus_client metric (its `collect()` is the reference rendering)."""
+        self._series = self.family.labels(component)
+        self._component = component
+        self.exposed = name
+        self.header = header(name, documentation, "histogram")
+        self._prefixes: dict[tuple[str, str], str] = {}
 
     def observe(self, value_s: float) -> None:
         """Count one observation (s)."""
-        self.count += 1
-        self.sum_s += value_s
-        for index, bound in enumerate(self.bounds_s):
-            if value_s <= bound:
-                self.counts[index] += 1
+        self._series.observe(value_s)
 
-    def buckets(self) -> list[tuple[str, float]]:
-        """Cumulative (upper bound, count) pairs ending with +Inf."""
+    def collect(self) -> Iterable[Metric]:
+        """This family, for a component's `collect_metrics`."""
+        return (self,)
+
+    def _current(self) -> Iterator[tuple[str, Mapping[str, str], float]]:
+        """(suffix, extra labels, value) of `_bucket` (cumulative), `_count`, `_sum`."""
+        for sample in self._series._child_samples():  # the one child's samples, without collect()'s wrapping
+            if sample.name != "_created":
+                yield sample.name, sample.labels, sample.value
+
+    @property
+    def samples(self) -> list[Sample]:
+        """The current samples as prometheus_client `Sample`s."""
         return [
-            *((f"{b:g}", float(c)) for b, c in zip(self.bounds_s, self.counts, strict=True)),
-            ("+Inf", float(self.count)),
+            Sample(self.name + suffix, {"name": self._component, **labels}, value)
+            for suffix, labels, value in self._current()
         ]
+
+    @samples.setter
+    def samples(self, _: object) -> None:
+        """Ignored: samples come from the histogram."""
+
+    def lines(self) -> list[str]:
+        """The current sample lines of the text format."""
+        lines = []
+        for suffix, labels, value in self._current():
+            key = (suffix, labels.get("le", ""))
+            prefix = self._prefixes.get(key)
+            if prefix is None:
+                pairs = [("name", self._component), *labels.items()]
+                prefix = self._prefixes[key] = series_prefix(self.name + suffix, pairs)
+            lines.append(f"{prefix}{format_value(value)}\n")
+        return lines
 
 
 class MetricSource(Protocol):
@@ -45,52 +210,108 @@ class MetricSource(Protocol):
         ...
 
 
-class MergingCollector:
-    """One prometheus_client collector over many sources; same-named families are merged.
+class _TableExport:
+    """A meter's quantity table as families prepared once; lines re-formatted only for new values."""
 
-    Merging keeps each family contiguous with one HELP/TYPE even when several meters of one
-    type export it.
-    """
+    def __init__(self, meter: Meter) -> None:
+        self.meter = meter
+        rows: dict[str, tuple[str, str, list[tuple[str, str, float]]]] = {}
+        for quantity in meter.quantities:
+            if quantity.metric is None:
+                continue
+            counter = quantity.metric_type == "counter"
+            exposed = quantity.metric + "_total" if counter else quantity.metric
+            family = rows.setdefault(
+                exposed, (exposed, header(exposed, quantity.metric_help, quantity.metric_type), [])
+            )
+            prefix = series_prefix(exposed, [("name", meter.name), *quantity.metric_labels])
+            family[2].append((quantity.key, prefix, quantity.metric_scale))
+        self._families = tuple(rows.values())
+        self._seq = -1
+        self._blocks: list[Block] = []
 
-    def __init__(self) -> None:
-        self._sources: list[Callable[[], Iterable[Metric]]] = []
-
-    def add(self, source: MetricSource | Callable[[], Iterable[Metric]]) -> None:
-        """Register a source (an object with `collect_metrics` or a plain callable)."""
-        collect: Callable[[], Iterable[Metric]] = getattr(source, "collect_metrics", None) or source  # type: ignore[assignment]
-        self._sources.append(collect)
-
-    def collect(self) -> Iterable[Metric]:
-        """prometheus_client hook: every source's families, merged by name."""
-        merged: dict[str, Metric] = {}
-        for collect in self._sources:
-            for family in collect():
-                existing = merged.get(family.name)
-                if existing is None:
-                    merged[family.name] = family
-                else:
-                    existing.samples.extend(family.samples)
-        return merged.values()
+    def emit(self) -> Iterable[Block]:
+        """The table's families while the meter is fresh, else nothing."""
+        newest = self.meter.values.snapshot()
+        if newest is None or not self.meter.is_fresh():
+            return ()
+        if newest.seq != self._seq:
+            values = newest.value
+            self._blocks = [
+                (
+                    name,
+                    head,
+                    [
+                        f"{prefix}{format_value(values[key] * scale)}\n"
+                        for key, prefix, scale in rows
+                        if key in values
+                    ],
+                )
+                for name, head, rows in self._families
+            ]
+            self._seq = newest.seq
+        return self._blocks
 
 
 class Exposition:
     """The /metrics body, rendered on demand from the registered sources."""
 
-    def __init__(self) -> None:
-        self.collector = MergingCollector()
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self.collector)
-        ProcessCollector(registry=self.registry)  # process_*: RSS, open fds, CPU (Linux)
+    def __init__(self, *, process: bool = True) -> None:
+        """`process`: append prometheus_client's process_* families (RSS, open fds, CPU; Linux)."""
+        self._emitters: list[Emit] = []
+        self._headers: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self._prefixes: dict[tuple[object, ...], str] = {}
+        collector = ProcessCollector(registry=None)
+        self._process: tuple[Emit, ...] = (lambda: self._blocks(collector.collect()),) if process else ()
         self.last_render_s = 0.0
         """How long the previous render took (s); exported by the next one."""
 
     def add(self, source: MetricSource | Callable[[], Iterable[Metric]]) -> None:
-        """Register a metric source."""
-        self.collector.add(source)
+        """Register a metric source; a meter's quantity table is exported with it."""
+        collect: Callable[[], Iterable[Metric]] = getattr(source, "collect_metrics", None) or source  # type: ignore[assignment]
+        self._emitters.append(lambda: self._blocks(collect()))
+        if isinstance(source, Meter):
+            self._emitters.append(_TableExport(source).emit)
+
+    def _blocks(self, families: Iterable[Metric]) -> Iterator[Block]:
+        for family in families:
+            if isinstance(family, Prepared):
+                yield family.exposed, family.header, family.lines()
+                continue
+            key = (family.name, family.type, family.documentation)
+            known = self._headers.get(key)
+            if known is None:
+                exposed = family.name + "_total" if family.type == "counter" else family.name
+                known = self._headers[key] = (exposed, header(exposed, family.documentation, family.type))
+            yield known[0], known[1], self._lines(family)
+
+    def _lines(self, family: Metric) -> list[str]:
+        created = family.name + "_created"
+        prefixes = self._prefixes
+        lines = []
+        for sample in family.samples:
+            if sample.name == created:
+                continue
+            key = (sample.name, *sample.labels.items())
+            prefix = prefixes.get(key)
+            if prefix is None:
+                if len(prefixes) >= MAX_CACHED_SERIES:
+                    prefixes.clear()
+                prefix = prefixes[key] = series_prefix(sample.name, sample.labels.items())
+            lines.append(f"{prefix}{format_value(sample.value)}\n")
+        return lines
 
     def render(self) -> bytes:
         """Text exposition format 0.0.4 of the current snapshots."""
         started = time.perf_counter()
-        body: bytes = generate_latest(self.registry)
+        merged: dict[str, list[str]] = {}
+        for emit in (*self._emitters, *self._process):
+            for name, head, lines in emit():
+                block = merged.get(name)
+                if block is None:
+                    merged[name] = [head, *lines]
+                else:
+                    block.extend(lines)
+        body = "".join(chain.from_iterable(merged.values())).encode()
         self.last_render_s = time.perf_counter() - started
         return body

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from watti_watchman.clock import Clock
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.failures import FailureLog
-from watti_watchman.supervisor import Backoff, reraise_swallowed_cancel, supervise
+from watti_watchman.metrics import Families
+from watti_watchman.supervisor import HEALTHY_AFTER_S, Backoff, reraise_swallowed_cancel, supervise
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,13 @@ AUTH_CODES = frozenset({4, 5, 134, 135})
 """CONNACK codes for bad credentials / not authorised (MQTT 3.1.1 and 5)."""
 
 
-def diagnose(error: BaseException, connection: MqttConnectionConfig) -> tuple[str, str] | None:
+def diagnose(
+    error: BaseException, connection: MqttConnectionConfig, *, connecting: bool
+) -> tuple[str, str] | None:
     """(reason label, message naming host:port or the CA file) for a transient MQTT error.
 
-    None for programming errors. aiomqtt wraps socket errors in MqttError; the original is
-    its `__context__`.
+    `connecting`: raised before the connection was up. None for programming errors. aiomqtt
+    wraps socket errors in MqttError; the original is its `__context__`.
     """
     where = f"{connection.host}:{connection.port}"
     tls = connection.tls_config()
@@ -62,14 +65,13 @@ def diagnose(error: BaseException, connection: MqttConnectionConfig) -> tuple[st
         return "tls", f"TLS certificate of {where} not trusted by {ca}: {cause.verify_message}"
     if isinstance(cause, ssl.SSLError):
         return "tls", f"TLS handshake with {where} failed ({cause.reason}): is this a TLS port?"
-    connecting = type(error) is aiomqtt.MqttError and error.__suppress_context__  # raised by connect()
     if connecting and tls is not None and isinstance(cause, ConnectionResetError | BrokenPipeError):
         return "tls", f"TLS handshake with {where} failed (connection reset): is this a TLS port?"
     if isinstance(cause, FileNotFoundError | PermissionError) and tls is not None:
         return "tls", f"cannot read the CA file {ca}: {cause.strerror}"
     if isinstance(cause, ConnectionRefusedError):
         return "connection_refused", f"{where} refused the connection: no broker listening on that port"
-    if isinstance(error, aiomqtt.MqttError) and str(error) == "Operation timed out":
+    if connecting and isinstance(error, aiomqtt.MqttError) and str(error) == "Operation timed out":
         hint = "" if tls is not None else " (a TLS port needs tls: true)"
         return "timeout", f"no MQTT answer from {where} within {CONNECT_TIMEOUT_S:g} s{hint}"
     if isinstance(cause, TimeoutError):
@@ -131,11 +133,14 @@ class MqttSession:
         self.failures = FailureLog(self.logger, clock)
         self.backoff = Backoff(initial_s=0.2, cap_s=10.0)
         self._client: aiomqtt.Client | None = None
+        self._connecting = False
         self.connected = asyncio.Event()
         self.connects_total = 0
         self.messages_total = 0
         self.publishes_total = 0
         self.publish_drops_total = 0
+        self._labels = (component, f"{connection.host}:{connection.port}")
+        self._families = Families()
 
     def _make_client(self) -> aiomqtt.Client:
         tls = self.connection.tls_config()
@@ -163,6 +168,7 @@ class MqttSession:
         )
 
     async def _session(self) -> None:
+        self._connecting = True
         client = self._make_client()
         # aiomqtt 2.5 forgets a disconnect that arrives between CONNACK and the end of
         # connecting (its future is replaced unread): retrieve it, and check paho's state.
@@ -170,11 +176,19 @@ class MqttSession:
         async with client:
             if not client._client.is_connected():
                 raise aiomqtt.MqttError("connection closed right after CONNACK")
+            self._connecting = False
             self._client = client
             _no_delay(client)
+            # The outage ends once the connection has held: a flapping broker is one outage.
+            connected_at_s = self._clock()
+            stable = asyncio.get_running_loop().call_later(
+                HEALTHY_AFTER_S,
+                self.failures.success,
+                f"connected to {self.connection.host}:{self.connection.port} (stable)",
+                connected_at_s,
+            )
             try:
                 self.connects_total += 1
-                self.failures.success(f"connected to {self.connection.host}:{self.connection.port}")
                 self.logger.debug("connected as %s", self.client_id)
                 self.connected.set()
                 if self._on_connect is not None:
@@ -187,6 +201,7 @@ class MqttSession:
                         data = payload if isinstance(payload, bytes) else str(payload or "").encode()
                         self._on_message(message.topic.value, data, message.retain)
             finally:
+                stable.cancel()
                 self.connected.clear()
                 self._client = None
 
@@ -196,10 +211,13 @@ class MqttSession:
             self._session,
             failures=self.failures,
             backoff=self.backoff,
-            classify=lambda error: (diagnose(error, self.connection) or (None, ""))[0],
-            describe=lambda error: (diagnose(error, self.connection) or ("", str(error)))[1],
+            classify=lambda error: (self._diagnose(error) or (None, ""))[0],
+            describe=lambda error: (self._diagnose(error) or ("", str(error)))[1],
             clock=self._clock,
         )
+
+    def _diagnose(self, error: BaseException) -> tuple[str, str] | None:
+        return diagnose(error, self.connection, connecting=self._connecting)
 
     @property
     def is_connected(self) -> bool:
@@ -218,11 +236,12 @@ class MqttSession:
             client = self._require_client()
             await client.publish(topic, payload, qos=0, retain=retain)
         except (NotConnectedError, aiomqtt.MqttError) as error:
-            # aiomqtt's wait_for may have turned our cancellation into this error: callers that
-            # count a drop and carry on would outlive shutdown (task groups cancel only once).
-            reraise_swallowed_cancel()
             self.publish_drops_total += 1
             raise NotConnectedError(str(error)) from error
+        finally:
+            # aiomqtt's wait_for may have swallowed our cancellation (returning or raising): a
+            # caller that carries on would outlive shutdown (task groups cancel only once).
+            reraise_swallowed_cancel()
         self.publishes_total += 1
 
     async def close_gracefully(self, topic: str, payload: bytes | str, *, retain: bool = False) -> None:
@@ -240,26 +259,24 @@ class MqttSession:
 
     def collect_metrics(self) -> Iterable[Metric]:
         """Connection state and counters, labelled by component."""
-        labels = ["component", "broker"]
-        values = [self.component, f"{self.connection.host}:{self.connection.port}"]
-        up = GaugeMetricFamily("watti_mqtt_connected", "1 while the MQTT session is connected", labels=labels)
-        up.add_metric(values, 1.0 if self.is_connected else 0.0)
-        yield up
+        labels = self._labels
+        names = ("component", "broker")
+        families = self._families
+        connected = families.gauge("watti_mqtt_connected", "1 while the MQTT session is connected", names)
+        yield connected.one(1.0 if self.is_connected else 0.0, *labels)
         for name, doc, value in (
             ("watti_mqtt_connects", "MQTT connections established", self.connects_total),
             ("watti_mqtt_messages_received", "MQTT messages received", self.messages_total),
             ("watti_mqtt_publishes", "MQTT messages published", self.publishes_total),
             ("watti_mqtt_publish_drops", "publishes dropped while disconnected", self.publish_drops_total),
         ):
-            family = CounterMetricFamily(name, doc, labels=labels)
-            family.add_metric(values, value)
-            yield family
-        errors = CounterMetricFamily(
-            "watti_mqtt_errors", "MQTT connection failures by reason", labels=[*labels, "reason"]
+            yield families.counter(name, doc, names).one(value, *labels)
+        errors = families.counter(
+            "watti_mqtt_errors", "MQTT connection failures by reason", (*names, "reason")
         )
-        for reason, count in sorted(self.failures.by_reason.items()):
-            errors.add_metric([*values, reason], count)
-        yield errors
+        yield errors.set(
+            ([*labels, reason], count) for reason, count in sorted(self.failures.by_reason.items())
+        )
 
 
 def _no_delay(client: aiomqtt.Client) -> None:

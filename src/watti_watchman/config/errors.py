@@ -38,7 +38,8 @@ class ConfigIssue:
 
     def __str__(self) -> str:
         where = f" (line {self.line})" if self.line is not None else ""
-        return f"{format_path(self.path)}: {self.message}{where}"
+        item = f"{format_path(self.path)}: " if self.path else ""  # a problem of the whole file
+        return f"{item}{self.message}{where}"
 
 
 class ConfigError(Exception):

@@ -21,13 +21,15 @@ from watti_watchman.config.checks import semantic_issues
 from watti_watchman.config.errors import ConfigError, ConfigIssue, ItemPath, Lines, PathElem, line_of
 from watti_watchman.config.model import WattiConfig
 from watti_watchman.config.resolve import ResolvedConfig, resolve
-from watti_watchman.config.schema import build_schema
+from watti_watchman.registry import config_model
 
 __all__ = ["ConfigError", "ConfigIssue", "PathElem", "load_config", "parse_config"]
 
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 HTTP_HOST_ENV = "WATTI_HTTP_HOST"
 """Fills in `http.host` when the file does not set it (containers set 0.0.0.0 here)."""
+MAX_FILE_BYTES = 1 << 20
+"""Larger files are refused unread (a configuration is a few KiB)."""
 MAX_DEPTH = 32
 """Deeper nesting is refused (the schema needs five levels)."""
 MAX_VALUES = 20_000
@@ -204,14 +206,11 @@ def read_yaml(text: str, env: Mapping[str, str]) -> tuple[Any, _YamlReader]:
     return data, reader
 
 
-def _union_types() -> dict[str, str]:
-    """`meters`/`services` → the known `type` names, as the models' discriminated unions list them.
-
-    Read from the models each time (only on an error), so types registered later are included.
-    """
-    properties = build_schema()["properties"]
+def _union_types(model: type[WattiConfig]) -> dict[str, str]:
+    """`meters`/`services` → the known `type` names, as `model`'s discriminated unions list them."""
+    properties = model.model_json_schema()["properties"]
     return {
-        section: ", ".join(sorted(properties[section]["items"]["discriminator"]["mapping"]))
+        section: ", ".join(sorted(properties[section]["items"].get("discriminator", {}).get("mapping", {})))
         for section in UNION_KINDS
     }
 
@@ -289,7 +288,9 @@ def _join(messages: list[str]) -> str:
     return "; ".join(unique)
 
 
-def _model_issues(error: ValidationError, data: Any, lines: Lines) -> list[ConfigIssue]:
+def _model_issues(
+    error: ValidationError, data: Any, lines: Lines, model: type[WattiConfig]
+) -> list[ConfigIssue]:
     """Readable issues of a pydantic error, one per path (union alternatives joined)."""
     by_path: dict[ItemPath, list[str]] = {}
     for detail in error.errors(include_url=False, include_input=False):
@@ -299,7 +300,7 @@ def _model_issues(error: ValidationError, data: Any, lines: Lines) -> list[Confi
             ("services",),
         ):
             section = str(path[0])
-            known = _union_types()[section]
+            known = _union_types(model)[section]
             if detail["type"] == "union_tag_invalid":
                 message = f"unknown {UNION_KINDS[section]} type (known: {known})"
             else:
@@ -316,23 +317,26 @@ def _set(data: Any, path: ItemPath, value: Any) -> None:
     data[path[-1]] = value
 
 
-def validate_data(data: dict[str, Any], reader: _YamlReader) -> WattiConfig:
-    """The typed configuration; a `${NAME}` where no text is expected is typed as YAML would."""
-    for attempt in range(2):
-        try:
-            return WattiConfig.model_validate(data, strict=True)
-        except ValidationError as error:
-            retype = {
-                path
-                for detail in error.errors(include_url=False, include_input=False)
-                if detail["type"] not in SUBSTITUTION_RETYPED
-                and (path := _data_path(data, detail)) in reader.substituted
-            }
-            if attempt == 1 or not retype:
-                raise ConfigError(_model_issues(error, data, reader.lines)) from None
-            for path in retype:
-                _set(data, path, _typed(reader.substituted[path]))
-    raise AssertionError("unreachable")  # pragma: no cover
+def validate_data(data: dict[str, Any], reader: _YamlReader, model: type[WattiConfig]) -> WattiConfig:
+    """`data` as `model` (the root model, its unions possibly built from a registry); a `${NAME}`
+    where no text is expected is typed as YAML would."""
+    try:
+        return model.model_validate(data, strict=True)
+    except ValidationError as error:
+        retype = {
+            path
+            for detail in error.errors(include_url=False, include_input=False)
+            if detail["type"] not in SUBSTITUTION_RETYPED
+            and (path := _data_path(data, detail)) in reader.substituted
+        }
+        if not retype:
+            raise ConfigError(_model_issues(error, data, reader.lines, model)) from None
+    for path in retype:
+        _set(data, path, _typed(reader.substituted[path]))
+    try:
+        return model.model_validate(data, strict=True)
+    except ValidationError as error:
+        raise ConfigError(_model_issues(error, data, reader.lines, model)) from None
 
 
 def parse_config(text: str, env: Mapping[str, str] | None = None) -> ResolvedConfig:
@@ -345,7 +349,7 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> ResolvedCon
     http = data.get("http")
     if HTTP_HOST_ENV in environ and (http is None or (isinstance(http, dict) and "host" not in http)):
         data["http"] = {**(http or {}), "host": environ[HTTP_HOST_ENV]}
-    config = validate_data(data, reader)
+    config = validate_data(data, reader, config_model())
     issues: list[ConfigIssue] = []
     try:
         resolved = resolve(config, reader.lines)
@@ -362,9 +366,12 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> ResolvedCon
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> ResolvedConfig:
     """Read and validate the configuration file at `path` (UTF-8); raises ConfigError."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)  # bounded: `-c /dev/zero` must not hang
     except OSError as error:
         raise ConfigError([ConfigIssue((), f"cannot read the file: {error.strerror}")]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError([ConfigIssue((), f"larger than {MAX_FILE_BYTES // 1024} KiB: not a configuration")])
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise ConfigError([ConfigIssue((), "the file is UTF-16; save it as UTF-8")])
     try:

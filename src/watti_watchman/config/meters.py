@@ -1,6 +1,10 @@
-"""Configuration of meters (`meters[]`), one model per `type`."""
+"""Configuration of meters (`meters[]`): the shared base and the built-in types' models.
 
-from typing import Annotated, Literal
+Which models make up the `meters[]` union is decided by the device registry
+(`watti_watchman.registry`), not here.
+"""
+
+from typing import Literal
 
 from pydantic import Field
 
@@ -8,11 +12,23 @@ from watti_watchman.config.base import ConfigModel
 from watti_watchman.config.mqtt import Name, Port
 
 
-class JanitzaConfig(ConfigModel):
+class MeterConfig(ConfigModel):
+    """What every meter's configuration has: its `type` (the registry key), name and display name."""
+
+    type: str
+    name: Name
+    display_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Device name in Home Assistant; default: role and name, e.g. 'Grid meter (hak)'.",
+    )
+
+
+class JanitzaConfig(MeterConfig):
     """A Janitza UMG power meter read over Modbus TCP (or RTU frames over TCP)."""
 
     type: Literal["Janitza"]
-    name: Name
     host: str = Field(min_length=1)
     port: Port = 502
     unit: int = Field(default=1, ge=0, le=247, description="Modbus unit id (slave address).")
@@ -28,11 +44,10 @@ class JanitzaConfig(ConfigModel):
     start_address: int = Field(default=19000, ge=0, le=65535, description="First register of the block.")
 
 
-class VictronConfig(ConfigModel):
+class VictronConfig(MeterConfig):
     """A Victron GX device (Venus OS) reached over MQTT: readings plus ESS mode-3 setpoints."""
 
     type: Literal["Victron"]
-    name: Name
     mqtt_connection_name: Name
     id: str | None = Field(
         default=None,
@@ -50,6 +65,3 @@ class VictronConfig(ConfigModel):
     max_age: float = Field(
         default=10.0, gt=0, le=120, description="GX silent (no heartbeat) for longer: values stale (s)."
     )
-
-
-MeterConfig = Annotated[JanitzaConfig | VictronConfig, Field(discriminator="type")]

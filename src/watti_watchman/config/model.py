@@ -9,7 +9,7 @@ from watti_watchman.config.services import ServiceConfig
 
 
 class WattiConfig(ConfigModel):
-    """Root of the configuration file."""
+    """Root of the configuration file (`registry.config_model()` narrows `meters` to the registered types)."""
 
     mqtt_connections: list[MqttConnectionConfig] = Field(default_factory=list)
     meters: list[MeterConfig] = Field(default_factory=list)

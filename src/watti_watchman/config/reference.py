@@ -4,13 +4,21 @@ import json
 from typing import Any
 
 from watti_watchman.config.schema import build_schema
+from watti_watchman.registry import device_types
 
-SECTIONS = (
+
+def sections() -> tuple[tuple[str, str], ...]:
+    """(heading, schema definition) pairs in reference order; meter types from the registry."""
+    meters = tuple((f"meters[] type: {name}", t.config.__name__) for name, t in device_types().items())
+    return (*BASE_SECTIONS, *meters, *SERVICE_SECTIONS)
+
+
+BASE_SECTIONS = (
     ("mqtt_connections[]", "MqttConnectionConfig"),
     ("http", "HttpConfig"),
     ("tls (block form)", "TlsConfig"),
-    ("meters[] type: Janitza", "JanitzaConfig"),
-    ("meters[] type: Victron", "VictronConfig"),
+)
+SERVICE_SECTIONS = (
     ("services[] type: ChargeController", "ChargeControllerConfig"),
     ("services[] type: VictronGridFeeder", "VictronGridFeederConfig"),
     ("services[] type: HassFeeder", "HassFeederConfig"),
@@ -55,7 +63,7 @@ def render_reference() -> str:
         "a test fails when this file is out of date. Keys marked required have no default.",
         "",
     ]
-    for title, def_name in SECTIONS:
+    for title, def_name in sections():
         definition = defs[def_name]
         required = set(definition.get("required", []))
         out += [f"## {title}", "", definition.get("description", ""), ""]

@@ -3,10 +3,9 @@
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from watti_watchman.config.errors import ConfigError, ConfigIssue, PathElem
-from watti_watchman.config.meters import JanitzaConfig, MeterConfig, VictronConfig
+from watti_watchman.config.meters import MeterConfig
 from watti_watchman.config.model import WattiConfig
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.config.services import (
@@ -14,18 +13,7 @@ from watti_watchman.config.services import (
     HassDynamicConfigConfig,
     VictronGridFeederConfig,
 )
-
-Capability = Literal["power", "grid_values", "battery_controller"]
-
-CAPABILITIES: dict[type[MeterConfig], frozenset[Capability]] = {
-    JanitzaConfig: frozenset({"power", "grid_values"}),
-    VictronConfig: frozenset({"power", "battery_controller"}),
-}
-CAPABILITY_TEXT: dict[Capability, str] = {
-    "power": "deliver power readings",
-    "grid_values": "deliver full grid meter values (a Janitza meter)",
-    "battery_controller": "accept battery setpoints (a Victron meter)",
-}
+from watti_watchman.registry import CAPABILITY_TEXT, Capability, device_type
 
 
 @dataclass(frozen=True)
@@ -72,16 +60,21 @@ def resolve(config: WattiConfig, lines: dict[tuple[PathElem, ...], int] | None =
             known = ", ".join(sorted(connections)) or "none configured"
             issue(path, f"no mqtt connection named {name!r} (known: {known})")
 
-    def check_meter(path: tuple[PathElem, ...], name: str, needs: Capability) -> None:
+    def check_meter(path: tuple[PathElem, ...], name: str, *needs: Capability) -> None:
         meter = meters.get(name)
         if meter is None:
             issue(path, f"no meter named {name!r}")
-        elif needs not in CAPABILITIES[type(meter)]:
-            issue(path, f"meter {name!r} ({meter.type}) does not {CAPABILITY_TEXT[needs]}")
+            return
+        offered = device_type(meter.type).capabilities
+        for capability in needs:
+            if capability not in offered:
+                issue(path, f"meter {name!r} ({meter.type}) does not {CAPABILITY_TEXT[capability]}")
+                return
 
     for index, meter in enumerate(config.meters):
-        if isinstance(meter, VictronConfig):
-            check_connection(("meters", index, "mqtt_connection_name"), meter.mqtt_connection_name)
+        connection = getattr(meter, "mqtt_connection_name", None)
+        if isinstance(connection, str):
+            check_connection(("meters", index, "mqtt_connection_name"), connection)
     controlled: dict[str, int] = {}
     for index, service in enumerate(config.services):
         path: tuple[PathElem, ...] = ("services", index)
@@ -91,7 +84,10 @@ def resolve(config: WattiConfig, lines: dict[tuple[PathElem, ...], int] | None =
             check_meter((*path, "grid_meter_name"), service.grid_meter_name, "power")
             check_meter((*path, "battery_meter_name"), service.battery_meter_name, "power")
             check_meter(
-                (*path, "battery_controller_name"), service.battery_controller_name, "battery_controller"
+                (*path, "battery_controller_name"),
+                service.battery_controller_name,
+                "setpoints",
+                "battery_status",
             )
             if service.battery_controller_name in controlled:
                 issue(

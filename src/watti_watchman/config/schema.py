@@ -3,7 +3,7 @@
 import json
 from typing import Any
 
-from watti_watchman.config.model import WattiConfig
+from watti_watchman.registry import config_model
 
 SCHEMA_ID = "urn:watti-watchman:config:v1"
 
@@ -22,7 +22,7 @@ def _close_pattern_properties(node: Any) -> None:
 
 def build_schema() -> dict[str, Any]:
     """The JSON schema (draft 2020-12) every configuration file is validated against."""
-    schema = WattiConfig.model_json_schema()
+    schema = config_model().model_json_schema()
     _close_pattern_properties(schema)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

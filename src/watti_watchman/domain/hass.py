@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from watti_watchman.domain.quantities import Quantity
+
 Component = Literal["sensor", "number", "select"]
 StateValue = float | int | str | None
 """A state value as handed to the formatter: a number, a text, or None for unknown."""
@@ -64,28 +66,11 @@ def object_id(*parts: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_-]", "_", "_".join(parts))
 
 
-@dataclass(frozen=True, slots=True)
-class SensorSpec:
-    """One exported value as a HA sensor: key (unique within its device), name, classes, unit."""
-
-    key: str
-    name: str
-    unit: str | None = None
-    device_class: str | None = None
-    state_class: str | None = None
-    precision: int | None = None
-    diagnostic: bool = False
-
-    def __post_init__(self) -> None:
-        """Reject keys outside `[a-z0-9_]` and disallowed class/unit combinations."""
-        if not KEY_PATTERN.match(self.key):
-            raise DiscoveryError(f"key {self.key!r} must match {KEY_PATTERN.pattern}")
-        check_sensor_classes(self.device_class, self.unit, self.state_class)
-
-    @property
-    def is_counter(self) -> bool:
-        """True for total_increasing sensors, whose published value must never go down."""
-        return self.state_class == "total_increasing"
+def check_quantity(quantity: Quantity) -> None:
+    """Raise DiscoveryError unless `quantity` can be a sensor: key of `[a-z0-9_]`, allowed classes."""
+    if not KEY_PATTERN.match(quantity.key):
+        raise DiscoveryError(f"key {quantity.key!r} must match {KEY_PATTERN.pattern}")
+    check_sensor_classes(quantity.device_class, quantity.unit, quantity.state_class)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +147,6 @@ def _common(
     payload: dict[str, Any] = {
         "name": name,
         "unique_id": device.unique_id(key),
-        "has_entity_name": True,
         "availability_topic": availability_topic,
         "payload_available": AVAILABLE,
         "payload_not_available": NOT_AVAILABLE,
@@ -174,7 +158,7 @@ def _common(
 
 def sensor_discovery(
     device: HassDevice,
-    spec: SensorSpec,
+    spec: Quantity,
     *,
     prefix: str,
     state_topic: str,
@@ -187,7 +171,7 @@ def sensor_discovery(
         "sensor",
         device,
         spec.key,
-        spec.name,
+        spec.label,
         prefix=prefix,
         availability_topic=availability_topic,
         sw_version=sw_version,
@@ -358,7 +342,7 @@ class DeviceState:
 
 
 def build_state(
-    specs: Iterable[SensorSpec], values: Mapping[str, StateValue], guard: CounterGuard
+    specs: Iterable[Quantity], values: Mapping[str, StateValue], guard: CounterGuard
 ) -> DeviceState:
     """The JSON state of one device: every spec's key, null when missing or non-finite.
 

@@ -41,7 +41,7 @@ class SettingsHolder:
         self.target_range = target_range or TargetRange()
 
     def set_target(self, value: object) -> RuntimeSettings:
-        """Validate and apply a new target (W); raises SettingRejectedError."""
+        """Validate and apply a new target (W), snapped to the range's step; raises SettingRejectedError."""
         try:
             target = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError) as error:
@@ -49,7 +49,8 @@ class SettingsHolder:
         bounds = self.target_range
         if not math.isfinite(target) or not bounds.min_w <= target <= bounds.max_w:
             raise SettingRejectedError(f"target {value!r} outside {bounds.min_w:g}..{bounds.max_w:g} W")
-        self.current = replace(self.current, target_w=target)
+        snapped = min(max(round(target / bounds.step_w) * bounds.step_w, bounds.min_w), bounds.max_w)
+        self.current = replace(self.current, target_w=float(snapped))
         return self.current
 
     def set_mode(self, value: object) -> RuntimeSettings:

@@ -14,18 +14,17 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import Metric
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.framer import FramerType
 
 from watti_watchman.clock import Clock, monotonic
 from watti_watchman.config.meters import JanitzaConfig
+from watti_watchman.devices.janitza import QUANTITIES, quantity_values
 from watti_watchman.domain.janitza import (
-    JANITZA_QUANTITIES,
     JANITZA_REGISTER_COUNT,
     JANITZA_VALUE_COUNT,
-    JanitzaQuantity,
     JanitzaReading,
     decode_registers,
     reading_from_values,
@@ -38,10 +37,11 @@ from watti_watchman.domain.janitza_timing import (
     PollSchedule,
     ReadTiming,
 )
+from watti_watchman.domain.quantities import Quantity, QuantityValues
 from watti_watchman.domain.readings import PowerSample
 from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Latest
-from watti_watchman.metrics import Histogram
+from watti_watchman.metrics import Families, Histogram
 from watti_watchman.supervisor import Backoff, reraise_swallowed_cancel, supervise
 
 EXCEPTION_NAMES = {
@@ -187,6 +187,8 @@ class JanitzaMeter:
         self._clock = clock
         self.reading: Latest[JanitzaReading] = Latest(clock)
         self.power: Latest[PowerSample] = Latest(clock)
+        self.quantities: tuple[Quantity, ...] = QUANTITIES
+        self.values: Latest[QuantityValues] = Latest(clock)
         self.schedule: PollSchedule = PhaseLockedSchedule(config.interval)
         self.close_uncertainty_s: float | None = None
         """Half-width (s) of the estimate of the newest published window's close time."""
@@ -206,7 +208,13 @@ class JanitzaMeter:
         self.read_seconds = 0.0
         self.decode_seconds = 0.0
         self.sample_ages_s: deque[float] = deque(maxlen=1000)
-        self._sample_age = Histogram(SAMPLE_AGE_BUCKETS_S)
+        self._families = Families()
+        self._sample_age = Histogram(
+            "watti_janitza_sample_age_seconds",
+            "Time from the estimated close of the meter's window to the arrival of the reply (s)",
+            config.name,
+            SAMPLE_AGE_BUCKETS_S,
+        )
 
     @property
     def errors_by_reason(self) -> Mapping[str, int]:
@@ -284,6 +292,7 @@ class JanitzaMeter:
         self._last_published = reading
         self.reading.publish(reading, at_s)
         self.power.publish(reading.power_sample(), at_s)
+        self.values.publish(quantity_values(reading), at_s)
         self.decode_seconds += time.perf_counter() - decode_started
 
     def _confirms_static_values(self, arrived_s: float) -> bool:
@@ -305,40 +314,48 @@ class JanitzaMeter:
             self._sample_age.observe(age_s)
 
     def collect_metrics(self) -> Iterable[Metric]:
-        """Connection state, counters, sample age and — only while fresh — the 39 values."""
-        labels = [self.name]
-        reading = self.reading.get(self.config.max_age)
-        up = GaugeMetricFamily(
-            "watti_janitza_up", "1 while readings are fresh (at most max_age old)", labels=["name"]
+        """Connection state, counters and sample age (the 39 values are exported from the table)."""
+        families, name = self._families, self.name
+        up = families.gauge("watti_janitza_up", "1 while readings are fresh (at most max_age old)")
+        yield up.one(1.0 if self.is_fresh() else 0.0, name)
+        for metric, help_text, value in (
+            ("watti_janitza_reads", "Replies received (valid or not)", self.reads),
+            ("watti_janitza_new_windows", "Reads that delivered a new measuring window", self.new_windows),
+            ("watti_janitza_missed_windows", "Measuring windows never read (estimated)", self.missed_windows),
+            ("watti_janitza_reconnects", "Reconnections after a failure", self.reconnects),
+            (
+                "watti_janitza_cycle_overruns",
+                "Reads whose round trip exceeded the refresh interval",
+                self.overruns,
+            ),
+            (
+                "watti_janitza_energy_regressions",
+                "Readings with an energy counter lower than before",
+                self.energy_regressions,
+            ),
+            ("watti_janitza_read_seconds", "Time spent waiting for replies (s)", self.read_seconds),
+            (
+                "watti_janitza_processing_seconds",
+                "Time spent decoding, validating and publishing (s)",
+                self.decode_seconds,
+            ),
+        ):
+            yield families.counter(metric, help_text).one(value, name)
+        errors = families.counter(
+            "watti_janitza_errors", "Failed reads and connection attempts by reason", ("name", "reason")
         )
-        up.add_metric(labels, 1.0 if reading is not None else 0.0)
-        yield up
-        if reading is not None:
-            yield from _value_families(self.name, reading)
-        yield from self._counter_families()
-        age = HistogramMetricFamily(
-            "watti_janitza_sample_age_seconds",
-            "Time from the estimated close of the meter's window to the arrival of the reply (s)",
-            labels=["name"],
-        )
-        age.add_metric(labels, self._sample_age.buckets(), self._sample_age.sum_s)
-        yield age
-        mode = GaugeMetricFamily(
-            "watti_janitza_poll_mode", "1 for the current polling mode", labels=["name", "mode"]
-        )
-        for name in POLL_MODES:
-            mode.add_metric([self.name, name], 1.0 if self.schedule.mode == name else 0.0)
-        yield mode
-        yield from self._tracking_families()
-        connected = GaugeMetricFamily(
-            "watti_janitza_connected", "1 while the TCP connection is open", labels=["name"]
-        )
-        connected.add_metric(labels, 1.0 if self.connected else 0.0)
-        yield connected
+        by_reason = self._failures.by_reason
+        yield errors.set(([name, r], by_reason[r]) for r in sorted(set(KNOWN_REASONS) | set(by_reason)))
+        yield from self._sample_age.collect()
+        mode = families.gauge("watti_janitza_poll_mode", "1 for the current polling mode", ("name", "mode"))
+        yield mode.set(([name, m], 1.0 if self.schedule.mode == m else 0.0) for m in POLL_MODES)
+        yield from self._tracking_metrics()
+        connected = families.gauge("watti_janitza_connected", "1 while the TCP connection is open")
+        yield connected.one(1.0 if self.connected else 0.0, name)
 
-    def _tracking_families(self) -> Iterable[Metric]:
+    def _tracking_metrics(self) -> Iterable[Metric]:
         """Estimated period, implied grid frequency, bracket, close-time uncertainty, slips."""
-        labels, schedule = [self.name], self.schedule
+        families, name, schedule = self._families, self.name, self.schedule
         gauges: list[tuple[str, str, float | None]] = [
             (
                 "watti_janitza_window_close_uncertainty_seconds",
@@ -360,64 +377,17 @@ class JanitzaMeter:
                     schedule.implied_frequency_hz,
                 ),
             ]
-            for name, help_text, count in (
-                (
-                    "watti_janitza_refresh_slips",
-                    "Reads that contradicted the predicted refresh",
-                    schedule.slips,
-                ),
-                (
-                    "watti_janitza_refresh_reacquisitions",
-                    "Phase jumps after which the refresh was re-acquired",
-                    schedule.reacquisitions,
-                ),
-            ):
-                counter = CounterMetricFamily(name, help_text, labels=["name"])
-                counter.add_metric(labels, float(count))
-                yield counter
-        for name, help_text, value in gauges:
+            slips = families.counter(
+                "watti_janitza_refresh_slips", "Reads that contradicted the predicted refresh"
+            )
+            yield slips.one(schedule.slips, name)
+            reacquisitions = families.counter(
+                "watti_janitza_refresh_reacquisitions", "Phase jumps after which the refresh was re-acquired"
+            )
+            yield reacquisitions.one(schedule.reacquisitions, name)
+        for metric, help_text, value in gauges:
             if value is not None:
-                gauge = GaugeMetricFamily(name, help_text, labels=["name"])
-                gauge.add_metric(labels, value)
-                yield gauge
-
-    def _counter_families(self) -> Iterable[Metric]:
-        labels = [self.name]
-        counters = (
-            ("watti_janitza_reads", "Replies received (valid or not)", self.reads),
-            ("watti_janitza_new_windows", "Reads that delivered a new measuring window", self.new_windows),
-            ("watti_janitza_missed_windows", "Measuring windows never read (estimated)", self.missed_windows),
-            ("watti_janitza_reconnects", "Reconnections after a failure", self.reconnects),
-            (
-                "watti_janitza_cycle_overruns",
-                "Reads whose round trip exceeded the refresh interval",
-                self.overruns,
-            ),
-            (
-                "watti_janitza_energy_regressions",
-                "Readings with an energy counter lower than before",
-                self.energy_regressions,
-            ),
-            ("watti_janitza_read_seconds", "Time spent waiting for replies (s)", self.read_seconds),
-            (
-                "watti_janitza_processing_seconds",
-                "Time spent decoding, validating and publishing (s)",
-                self.decode_seconds,
-            ),
-        )
-        for name, help_text, value in counters:
-            family = CounterMetricFamily(name, help_text, labels=["name"])
-            family.add_metric(labels, float(value))
-            yield family
-        errors = CounterMetricFamily(
-            "watti_janitza_errors",
-            "Failed reads and connection attempts by reason",
-            labels=["name", "reason"],
-        )
-        by_reason = self._failures.by_reason
-        for reason in sorted(set(KNOWN_REASONS) | set(by_reason)):
-            errors.add_metric([self.name, reason], float(by_reason[reason]))
-        yield errors
+                yield families.gauge(metric, help_text).one(value, name)
 
     def status(self) -> Mapping[str, Any]:
         """JSON-able summary for /api/status."""
@@ -446,26 +416,6 @@ class JanitzaMeter:
         }
 
 
-def _value_families(name: str, reading: JanitzaReading) -> Iterable[Metric]:
-    """One family per table metric, samples in register order."""
-    families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
-    for quantity in JANITZA_QUANTITIES:
-        family = families.get(quantity.metric)
-        if family is None:
-            family = _new_family(quantity)
-            families[quantity.metric] = family
-        labels = [name] if quantity.phase is None else [name, quantity.phase]
-        family.add_metric(labels, reading.value(quantity) * quantity.metric_scale)
-    return families.values()
-
-
-def _new_family(quantity: JanitzaQuantity) -> GaugeMetricFamily | CounterMetricFamily:
-    labels = ["name"] if quantity.phase is None else ["name", "phase"]
-    if quantity.metric_type == "counter":
-        return CounterMetricFamily(quantity.metric, quantity.metric_help, labels=labels)
-    return GaugeMetricFamily(quantity.metric, quantity.metric_help, labels=labels)
-
-
 def _classify(error: BaseException) -> str | None:
     """Reason label for transient failures; None for programming errors (they propagate)."""
     if isinstance(error, JanitzaReadError):
@@ -477,38 +427,3 @@ def _classify(error: BaseException) -> str | None:
     if isinstance(error, OSError):
         return "connection_lost"
     return None
-
-
-# --- commissioning --------------------------------------------------------------------------------
-
-_DECIMALS = {"V": 1, "A": 2, "W": 1, "VA": 1, "var": 1, "": 3, "Hz": 2, "Wh": 0}
-_ROTATION = {1: "right", 0: "none", -1: "left"}
-
-
-def format_reading(reading: JanitzaReading) -> str:
-    """A table of one reading: a line per quantity with L1, L2, L3 and sum/total columns, with units."""
-    rows: dict[str, list[str]] = {}
-    for quantity in JANITZA_QUANTITIES:
-        title = _row_title(quantity)
-        cells = rows.setdefault(title, ["", "", "", ""])
-        column = 3 if quantity.phase is None else (int(quantity.phase[1]) - 1)
-        cells[column] = _format_value(quantity, reading.value(quantity))
-    header = f"{'quantity':<20}{'L1':>14}{'L2':>14}{'L3':>14}{'sum/total':>16}"
-    lines = [header, "-" * len(header)]
-    lines.extend(f"{title:<20}{c[0]:>14}{c[1]:>14}{c[2]:>14}{c[3]:>16}" for title, c in rows.items())
-    if reading.inverted:
-        lines.append("(invert: powers negated, import/export swapped)")
-    return "\n".join(lines)
-
-
-def _row_title(quantity: JanitzaQuantity) -> str:
-    if quantity.quantity == "voltage":
-        return "voltage L-L" if quantity.phase and "_" in quantity.phase else "voltage L-N"
-    return quantity.quantity.replace("_", " ")
-
-
-def _format_value(quantity: JanitzaQuantity, value: float) -> str:
-    if quantity.quantity == "rotation_field":
-        return _ROTATION.get(round(value), f"{value:g}")
-    text = f"{value:.{_DECIMALS[quantity.unit]}f}"
-    return f"{text} {quantity.unit}" if quantity.unit else text

@@ -8,15 +8,16 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from watti_watchman.clock import Clock, monotonic
 from watti_watchman.config.meters import VictronConfig
 from watti_watchman.config.mqtt import MqttConnectionConfig
+from watti_watchman.devices.victron import QUANTITIES
+from watti_watchman.domain.quantities import Quantity, QuantityValues
 from watti_watchman.domain.readings import PHASES, BatteryStatus, PhaseSetpoints, PowerSample
 from watti_watchman.domain.victron import (
     MAPPED_SERVICES,
-    VALUES,
     VictronSnapshot,
     VictronValues,
     parse_payload,
@@ -25,6 +26,7 @@ from watti_watchman.domain.victron import (
 )
 from watti_watchman.failures import FailureLog, OnceLog
 from watti_watchman.latest import Latest
+from watti_watchman.metrics import Families
 from watti_watchman.mqtt import MqttSession, NotConnectedError
 from watti_watchman.supervisor import reraise_swallowed_cancel
 
@@ -64,6 +66,8 @@ class VictronMeter:
         self.battery: Latest[BatteryStatus] = Latest(clock)
         self.power: Latest[PowerSample] = Latest(clock)
         self.snapshot: Latest[VictronSnapshot] = Latest(clock)
+        self.quantities: tuple[Quantity, ...] = QUANTITIES
+        self.values: Latest[QuantityValues] = Latest(clock)
         self.portal_id: str | None = config.id
         self.keepalive_interval_s = 25.0
         """Keepalive period (s): `suppress-republish` on FlashMQ, empty on the old bridge (≤ 30)."""
@@ -113,6 +117,7 @@ class VictronMeter:
         self.setpoint_writes: Counter[str] = Counter()
         self.alarms: dict[str, bool] = {"hub4_mode": False, "passthru": False}
         self._wake = asyncio.Event()
+        self.families = Families()
 
     # -- capabilities ----------------------------------------------------------------------------
 
@@ -183,7 +188,10 @@ class VictronMeter:
     async def _maintain(self) -> None:
         while True:
             reraise_swallowed_cancel()
-            tick_s = min(0.25, self.keepalive_interval_s / 4, self.config.max_age / 8)
+            tick_s = min(0.25, self.keepalive_interval_s / 4, self.config.max_age / 4)
+            if self._dialect != "flashmq" and self._probe_s is not None and self.session.is_connected:
+                due_s = self._probe_s + self.config.max_age / 4 - self._clock()  # probe on time
+                tick_s = min(tick_s, max(due_s, 0.001))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(tick_s):
                     await self._wake.wait()
@@ -390,6 +398,7 @@ class VictronMeter:
         ):
             return  # the first snapshot waits for the stored values to name the Multi and some SOC
         self.snapshot.publish(snapshot, now)
+        self.values.publish({k: v for k, v in snapshot.values.items() if v is not None}, now)
         status = snapshot.battery_status()
         if force or status != self._last_status:
             self.battery.publish(status, now)
@@ -432,37 +441,18 @@ class VictronMeter:
             self.alarms[reason] = on
 
     def collect_metrics(self) -> Iterable[Metric]:
-        """`watti_victron_*` families from memory; mapped values only while the GX is alive."""
+        """`watti_victron_*` families from memory (the mapped values are exported from the table)."""
         now = self._clock()
-        name = [self.name]
-        up = GaugeMetricFamily(
-            "watti_victron_up", "1 while the GX is heard from within max_age", labels=["name"]
-        )
-        up.add_metric(name, 1.0 if self._alive(now) else 0.0)
-        yield up
-        snapshot = self.snapshot.get(self.config.max_age) if self._alive(now) else None
-        if snapshot is not None:
-            families: dict[str, GaugeMetricFamily] = {}
-            for spec in VALUES:
-                value = snapshot.values.get(spec.key)
-                family = families.get(spec.metric)
-                if family is None:
-                    family = GaugeMetricFamily(
-                        spec.metric, spec.help, labels=["name", *(k for k, _ in spec.labels)]
-                    )
-                    families[spec.metric] = family
-                if value is not None:
-                    family.add_metric([*name, *(v for _, v in spec.labels)], value * spec.scale)
-            yield from families.values()
-        setpoint = GaugeMetricFamily(
+        families, name = self.families, self.name
+        up = families.gauge("watti_victron_up", "1 while the GX is heard from within max_age")
+        yield up.one(1.0 if self._alive(now) else 0.0, name)
+        setpoint = families.gauge(
             "watti_victron_setpoint_watts",
             "AC-in setpoint last written per phase (W, + = charge)",
-            labels=["name", "phase"],
+            ("name", "phase"),
         )
-        if self._commanding(now):
-            for phase, watts in sorted(self._setpoints.items()):
-                setpoint.add_metric([self.name, phase.lower()], watts)
-        yield setpoint
+        applied = sorted(self._setpoints.items()) if self._commanding(now) else []
+        yield setpoint.set(([name, phase.lower()], watts) for phase, watts in applied)
         yield self._counter(
             "watti_victron_setpoint_writes",
             "setpoint writes per phase",
@@ -499,31 +489,25 @@ class VictronMeter:
             None,
             {"": self._gx.by_reason["gx_silent"]},
         )
-        alarm = GaugeMetricFamily(
+        alarm = families.gauge(
             "watti_victron_alarm",
             "1 while commanding and Hub4Mode != 3 or the Multi is in passthru",
-            labels=["name", "reason"],
+            ("name", "reason"),
         )
-        for reason, on in sorted(self.alarms.items()):
-            alarm.add_metric([self.name, reason], 1.0 if on else 0.0)
-        yield alarm
+        yield alarm.set(([name, reason], 1.0 if on else 0.0) for reason, on in sorted(self.alarms.items()))
         if self.config.id is None:
-            portals = GaugeMetricFamily(
-                "watti_victron_discovered_portals",
-                "GX devices answering on N/+/system/0/Serial",
-                labels=["name"],
+            portals = families.gauge(
+                "watti_victron_discovered_portals", "GX devices answering on N/+/system/0/Serial"
             )
-            portals.add_metric(name, len(self._serials))
-            yield portals
+            yield portals.one(len(self._serials), name)
         yield from self.session.collect_metrics()
 
-    def _counter(
-        self, metric: str, doc: str, label: str | None, counts: Mapping[str, int]
-    ) -> CounterMetricFamily:
-        family = CounterMetricFamily(metric, doc, labels=["name"] if label is None else ["name", label])
-        for key, count in sorted(counts.items()):
-            family.add_metric([self.name] if label is None else [self.name, key], count)
-        return family
+    def _counter(self, metric: str, doc: str, label: str | None, counts: Mapping[str, int]) -> Metric:
+        family = self.families.counter(metric, doc, ("name",) if label is None else ("name", label))
+        return family.set(
+            ([self.name] if label is None else [self.name, key], count)
+            for key, count in sorted(counts.items())
+        )
 
     def status(self) -> Mapping[str, Any]:
         """JSON-able state: connection, portal, dialect, liveness, instances, values, alarms, setpoints."""

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from watti_watchman.clock import Clock, monotonic
 from watti_watchman.config.services import ChargeControllerConfig
@@ -21,7 +21,7 @@ from watti_watchman.domain.tuning import TUNING
 from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Stamped
 from watti_watchman.meters.base import BatteryController, PowerMeter
-from watti_watchman.metrics import Histogram
+from watti_watchman.metrics import Families, Histogram
 
 logger = logging.getLogger("watti_watchman.charge_controller")
 
@@ -103,7 +103,13 @@ class ChargeController:
         correction)), oldest first."""
         self._stopping = False
         self._write_lock = asyncio.Lock()
-        self._latency = Histogram(LATENCY_BUCKETS_S)
+        self.families = Families()
+        self._latency = Histogram(
+            "watti_controller_decision_latency_seconds",
+            "Estimated close of the grid meter window to setpoint write done (s; polling delay included)",
+            config.name,
+            LATENCY_BUCKETS_S,
+        )
         self._failures = FailureLog(logger, clock)
 
     @property
@@ -277,114 +283,95 @@ class ChargeController:
 
     def collect_metrics(self) -> Iterable[Metric]:
         """Decision inputs, command, setpoints, limits, reason, latency and write counters."""
-        labels = [self.name]
-        decision = self.last_decision
+        families, name = self.families, self.name
         settings = self.settings.current
-        target = GaugeMetricFamily(
-            "watti_controller_target_watts", "Grid power target (W, + = import)", labels=["name"]
-        )
-        target.add_metric(labels, settings.target_w)
-        yield target
-        mode = GaugeMetricFamily(
-            "watti_controller_mode", "Operating mode (1 = current)", labels=["name", "mode"]
-        )
-        for mode_name in MODES:
-            mode.add_metric([self.name, mode_name], 1.0 if mode_name == settings.mode else 0.0)
-        yield mode
-        yield from self._decision_metrics(decision)
-        setpoint = GaugeMetricFamily(
+        target = families.gauge("watti_controller_target_watts", "Grid power target (W, + = import)")
+        yield target.one(settings.target_w, name)
+        mode = families.gauge("watti_controller_mode", "Operating mode (1 = current)", ("name", "mode"))
+        yield mode.set(([name, m], 1.0 if m == settings.mode else 0.0) for m in MODES)
+        yield from self._decision_metrics(self.last_decision)
+        setpoint = families.gauge(
             "watti_controller_setpoint_watts",
             "Setpoint last written per phase (W, + = charge; dry run: computed)",
-            labels=["name", "phase"],
+            ("name", "phase"),
         )
-        for phase, value in (self._applied or {}).items():
-            setpoint.add_metric([self.name, phase.lower()], float(value))
-        yield setpoint
-        latency = HistogramMetricFamily(
-            "watti_controller_decision_latency_seconds",
-            "Estimated close of the grid meter window to setpoint write done (s; polling delay included)",
-            labels=["name"],
+        yield setpoint.set(([name, phase.lower()], value) for phase, value in (self._applied or {}).items())
+        yield from self._latency.collect()
+        yield families.counter("watti_controller_decisions", "Decisions taken").one(
+            self.decisions_total, name
         )
-        latency.add_metric(labels, self._latency.buckets(), self._latency.sum_s)
-        yield latency
-        decisions = CounterMetricFamily("watti_controller_decisions", "Decisions taken", labels=["name"])
-        decisions.add_metric(labels, float(self.decisions_total))
-        yield decisions
-        writes = CounterMetricFamily("watti_controller_writes", "Setpoint writes sent", labels=["name"])
-        writes.add_metric(labels, float(self.writes_total))
-        yield writes
-        failures = CounterMetricFamily(
-            "watti_controller_write_failures",
-            "Setpoint writes not sent, by reason",
-            labels=["name", "reason"],
+        yield families.counter("watti_controller_writes", "Setpoint writes sent").one(self.writes_total, name)
+        failures = families.counter(
+            "watti_controller_write_failures", "Setpoint writes not sent, by reason", ("name", "reason")
         )
-        for reason, count in sorted(self.write_failures.items()):
-            failures.add_metric([self.name, reason], float(count))
-        yield failures
+        yield failures.set(([name, r], n) for r, n in sorted(self.write_failures.items()))
 
     def _decision_metrics(self, decision: ControllerDecision | None) -> Iterable[Metric]:
         """Families describing the last decision; inputs only while they are fresh."""
-        labels = [self.name]
-        reason = GaugeMetricFamily(
-            "watti_controller_reason",
-            "Why the setpoint is what it is (1 = current)",
-            labels=["name", "reason"],
+        families, name = self.families, self.name
+        reason = families.gauge(
+            "watti_controller_reason", "Why the setpoint is what it is (1 = current)", ("name", "reason")
         )
-        failsafe = GaugeMetricFamily(
-            "watti_controller_failsafe", "1 while inputs are unusable and 0 W is commanded", labels=["name"]
+        failsafe = families.gauge(
+            "watti_controller_failsafe", "1 while inputs are unusable and 0 W is commanded"
         )
-        limit = GaugeMetricFamily(
-            "watti_controller_limit_watts", "Battery power limit in force (W)", labels=["name", "direction"]
+        limit = families.gauge(
+            "watti_controller_limit_watts", "Battery power limit in force (W)", ("name", "direction")
         )
-        source = GaugeMetricFamily(
+        source = families.gauge(
             "watti_controller_limit_source",
             "Constraint setting each limit (1 = binding)",
-            labels=["name", "direction", "source"],
+            ("name", "direction", "source"),
         )
-        bms = GaugeMetricFamily(
+        bms = families.gauge(
             "watti_controller_bms_limits",
             "How BMS limits take part under the configured policy (1 = current)",
-            labels=["name", "policy", "use"],
+            ("name", "policy", "use"),
         )
-        inputs = {
-            "watti_controller_grid_watts": "Grid power used by the last decision (W, + = import)",
-            "watti_controller_battery_watts": "Battery power paired with it (W, + = charging)",
-            "watti_controller_load_watts": "Estimated uncontrolled power G − B (W)",
-            "watti_controller_raw_command_watts": "Total command before limits, slew and deadband (W)",
-            "watti_controller_trim_watts": "Integral trim in the command (W)",
-            "watti_controller_pairing_skew_seconds": "Grid sample time − time G and B are aligned to (s)",
-        }
-        families = {name: GaugeMetricFamily(name, text, labels=["name"]) for name, text in inputs.items()}
-        if decision is not None:
-            output = decision.output
-            for reason_name in Reason:
-                reason.add_metric([self.name, reason_name], 1.0 if reason_name == output.reason else 0.0)
-            failsafe.add_metric(labels, 1.0 if output.failsafe else 0.0)
-            limits = output.limits
-            for direction, watts, binding in (
-                ("charge", limits.max_charge_w, limits.charge_source),
-                ("discharge", limits.max_discharge_w, limits.discharge_source),
-            ):
-                limit.add_metric([self.name, direction], watts)
-                for source_name in LimitSource:
-                    source.add_metric(
-                        [self.name, direction, source_name], 1.0 if source_name == binding else 0.0
-                    )
-            for use in BmsUse:
-                bms.add_metric([self.name, self.config.bms_limits, use], 1.0 if use == limits.bms else 0.0)
-            fresh = self._clock() - decision.at_s <= self.config.max_age
-            values = (
-                output.grid_w,
-                output.battery_w,
-                output.load_w,
-                output.raw_w,
-                output.trim_w,
-                decision.pairing_skew_s,
+        inputs = [
+            families.gauge(metric, text)
+            for metric, text in (
+                ("watti_controller_grid_watts", "Grid power used by the last decision (W, + = import)"),
+                ("watti_controller_battery_watts", "Battery power paired with it (W, + = charging)"),
+                ("watti_controller_load_watts", "Estimated uncontrolled power G − B (W)"),
+                ("watti_controller_raw_command_watts", "Total command before limits, slew and deadband (W)"),
+                ("watti_controller_trim_watts", "Integral trim in the command (W)"),
+                (
+                    "watti_controller_pairing_skew_seconds",
+                    "Grid sample time − time G and B are aligned to (s)",
+                ),
             )
-            for family, value in zip(families.values(), values, strict=True):
-                if fresh and value is not None:
-                    family.add_metric(labels, value)
-        yield from (reason, failsafe, limit, source, bms, *families.values())
+        ]
+        if decision is None:
+            yield from (family.set(()) for family in (reason, failsafe, limit, source, bms, *inputs))
+            return
+        output = decision.output
+        yield reason.set(([name, r], 1.0 if r == output.reason else 0.0) for r in Reason)
+        yield failsafe.one(1.0 if output.failsafe else 0.0, name)
+        limits = output.limits
+        bounds = (
+            ("charge", limits.max_charge_w, limits.charge_source),
+            ("discharge", limits.max_discharge_w, limits.discharge_source),
+        )
+        yield limit.set(([name, direction], watts) for direction, watts, _ in bounds)
+        yield source.set(
+            ([name, direction, s], 1.0 if s == binding else 0.0)
+            for direction, _, binding in bounds
+            for s in LimitSource
+        )
+        policy = self.config.bms_limits
+        yield bms.set(([name, policy, use], 1.0 if use == limits.bms else 0.0) for use in BmsUse)
+        fresh = self._clock() - decision.at_s <= self.config.max_age
+        values = (
+            output.grid_w,
+            output.battery_w,
+            output.load_w,
+            output.raw_w,
+            output.trim_w,
+            decision.pairing_skew_s,
+        )
+        for family, value in zip(inputs, values, strict=True):
+            yield family.set([([name], value)] if fresh and value is not None else ())
 
     def status(self) -> Mapping[str, Any]:
         """JSON-able summary: reason, setpoints, limits, target, mode and the last decision."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from watti_watchman import __version__
 from watti_watchman.clock import Clock, monotonic
@@ -23,27 +23,28 @@ from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.config.services import HassDynamicConfigConfig, HassFeederConfig
 from watti_watchman.domain.hass import (
     AVAILABLE,
+    MANUFACTURER,
     NOT_AVAILABLE,
     CounterGuard,
     Discovery,
     HassDevice,
-    SensorSpec,
     StateValue,
     build_state,
+    check_quantity,
     expire_after_s,
     number_discovery,
     object_id,
     select_discovery,
     sensor_discovery,
 )
-from watti_watchman.domain.janitza import JANITZA_QUANTITIES
+from watti_watchman.domain.quantities import Quantity
 from watti_watchman.domain.settings import MODES, SettingRejectedError, SettingsHolder
-from watti_watchman.domain.victron import VALUES as VICTRON_VALUES
 from watti_watchman.meters.base import Meter
-from watti_watchman.meters.janitza import JanitzaMeter
-from watti_watchman.meters.victron import VictronMeter
+from watti_watchman.metrics import Families
 from watti_watchman.mqtt import LastWill, MqttSession, NotConnectedError
+from watti_watchman.registry import DeviceLabel
 from watti_watchman.services.charge_controller import ChargeController
+from watti_watchman.supervisor import reraise_swallowed_cancel
 
 logger = logging.getLogger("watti_watchman.hass")
 
@@ -54,63 +55,23 @@ RESTORE_TIMEOUT_S = 2.0
 MAX_COMMAND_BYTES = 64
 
 
-def janitza_specs() -> tuple[SensorSpec, ...]:
-    """One sensor per value of the Janitza block, straight from `JANITZA_QUANTITIES`."""
-    precision = {"V": 1, "A": 2, "W": 0, "VA": 0, "var": 0, "Hz": 2, "Wh": 0}
-    return tuple(
-        SensorSpec(
-            key=q.key,
-            name=q.label,
-            unit=q.unit or None,
-            device_class=q.device_class,
-            state_class=q.state_class,
-            precision=precision.get(q.unit, 3),
-        )
-        for q in JANITZA_QUANTITIES
-    )
-
-
-_ACRONYMS = {"soc": "SOC", "ac": "AC", "dc": "DC", "bms": "BMS", "l1": "L1", "l2": "L2", "l3": "L3"}
-
-
-def _title(key: str) -> str:
-    words = [_ACRONYMS.get(word, word) for word in key.split("_")]
-    return " ".join([words[0][:1].upper() + words[0][1:], *words[1:]])
-
-
-def victron_specs() -> tuple[SensorSpec, ...]:
-    """One sensor per value of the Victron table; unclassified codes are diagnostic sensors."""
-    return tuple(
-        SensorSpec(
-            key=spec.key,
-            name=_title(spec.key),
-            unit=spec.unit,
-            device_class=spec.device_class,
-            state_class=spec.state_class,
-            precision=None if spec.device_class is None else 1,
-            diagnostic=spec.device_class is None,
-        )
-        for spec in VICTRON_VALUES
-    )
-
-
-def controller_specs() -> tuple[SensorSpec, ...]:
+def controller_specs() -> tuple[Quantity, ...]:
     """The controller's decision: setpoints per phase and total, reason, target, mode, SOC, limits,
     BMS limits policy and use ("auto: absent")."""
 
-    def power(key: str, name: str) -> SensorSpec:
-        return SensorSpec(key, name, "W", "power", "measurement", precision=0)
+    def power(key: str, name: str) -> Quantity:
+        return Quantity(key, name, "W", "power", "measurement", precision=0)
 
     return (
         *(power(f"setpoint_{p}", f"Setpoint {p.upper()}") for p in ("l1", "l2", "l3")),
         power("setpoint_total", "Setpoint total"),
-        SensorSpec("reason", "Reason"),
+        Quantity("reason", "Reason", None),
         power("target", "Target"),
-        SensorSpec("mode", "Mode"),
-        SensorSpec("soc", "SOC used", "%", "battery", "measurement", precision=0),
+        Quantity("mode", "Mode", None),
+        Quantity("soc", "SOC used", "%", "battery", "measurement", precision=0),
         power("max_charge", "Charge limit"),
         power("max_discharge", "Discharge limit"),
-        SensorSpec("bms_limits", "BMS limits"),
+        Quantity("bms_limits", "BMS limits", None),
     )
 
 
@@ -119,35 +80,31 @@ class _DeviceFeed:
     """One HA device: its sensors and where their values come from (None = nothing fresh)."""
 
     device: HassDevice
-    specs: tuple[SensorSpec, ...]
+    specs: tuple[Quantity, ...]
     read: Callable[[], Mapping[str, StateValue] | None]
     guard: CounterGuard = field(default_factory=CounterGuard)
 
+    def __post_init__(self) -> None:
+        """Reject sensors HA would refuse or misread (fails at start, not in HA)."""
+        for quantity in self.specs:
+            check_quantity(quantity)
 
-def _janitza_feed(meter: JanitzaMeter) -> _DeviceFeed:
+
+def _meter_feed(meter: Meter, label: DeviceLabel) -> _DeviceFeed:
     def read() -> Mapping[str, StateValue] | None:
-        newest = meter.reading.snapshot()
+        newest = meter.values.snapshot()
         if newest is None or not meter.is_fresh():
             return None
-        return {q.key: newest.value.value(q) for q in JANITZA_QUANTITIES}
+        values = newest.value
+        return {q.key: q.shown(values[q.key]) for q in meter.quantities if q.key in values}
 
-    device = HassDevice(object_id(meter.name), meter.name, "Janitza UMG", __version__, "Janitza")
-    return _DeviceFeed(device, janitza_specs(), read)
-
-
-def _victron_feed(meter: VictronMeter) -> _DeviceFeed:
-    def read() -> Mapping[str, StateValue] | None:
-        newest = meter.snapshot.snapshot()
-        if newest is None or not meter.is_fresh():
-            return None
-        return dict(newest.value.values)
-
-    device = HassDevice(object_id(meter.name), meter.name, "Victron GX (Venus OS)", __version__, "Victron")
-    return _DeviceFeed(device, victron_specs(), read)
+    device = HassDevice(object_id(meter.name), label.name, label.model, __version__, label.manufacturer)
+    return _DeviceFeed(device, meter.quantities, read)
 
 
 def _controller_device(controller: ChargeController) -> HassDevice:
-    return HassDevice(object_id(controller.name), controller.name, "ChargeController", __version__)
+    name = f"Charge controller ({controller.name})"
+    return HassDevice(object_id(controller.name), name, "ChargeController", __version__)
 
 
 def _controller_feed(controller: ChargeController) -> _DeviceFeed:
@@ -207,6 +164,7 @@ class _HassSession:
         self.last_discovery_s: float | None = None
         self._resync_reason = "connect"
         self.stopping = False
+        self.families = Families()
 
     async def _on_connect(self, session: MqttSession) -> None:
         await session.subscribe(self.birth_topic, *self._subscriptions())
@@ -263,20 +221,17 @@ class _HassSession:
         await self.session.close_gracefully(self.availability_topic, NOT_AVAILABLE, retain=True)
 
     def _base_metrics(self) -> Iterable[Metric]:
-        labels = [self.name]
-        connected = GaugeMetricFamily(
-            "watti_hass_connected", "1 while the Home Assistant MQTT session is connected", labels=["name"]
+        families = self.families
+        connected = families.gauge(
+            "watti_hass_connected", "1 while the Home Assistant MQTT session is connected"
         )
-        connected.add_metric(labels, 1.0 if self.session.is_connected else 0.0)
-        yield connected
-        rounds = CounterMetricFamily(
+        yield connected.one(1.0 if self.session.is_connected else 0.0, self.name)
+        rounds = families.counter(
             "watti_hass_discovery_rounds",
             "Discovery rounds sent, by trigger (connect, birth)",
-            labels=["name", "reason"],
+            ("name", "reason"),
         )
-        for reason, count in sorted(self.discovery_rounds.items()):
-            rounds.add_metric([*labels, reason], count)
-        yield rounds
+        yield rounds.set(([self.name, r], n) for r, n in sorted(self.discovery_rounds.items()))
         for metric, doc, value in (
             (
                 "watti_hass_discovery_messages",
@@ -290,9 +245,7 @@ class _HassSession:
                 self.publish_failures_total,
             ),
         ):
-            family = CounterMetricFamily(metric, doc, labels=["name"])
-            family.add_metric(labels, value)
-            yield family
+            yield families.counter(metric, doc).one(value, self.name)
         yield from self.session.collect_metrics()
 
     def _base_status(self) -> dict[str, Any]:
@@ -316,19 +269,17 @@ class HassFeeder(_HassSession):
         meters: list[Meter],
         controllers: list[ChargeController],
         *,
+        labels: Mapping[str, DeviceLabel] | None = None,
         clock: Clock = monotonic,
     ) -> None:
         super().__init__(config.name, connection, config.discovery_prefix, config.base_topic, clock)
         self.config = config
         self.expire_after_s = expire_after_s(config.update_interval)
-        self.feeds: list[_DeviceFeed] = []
-        for meter in meters:
-            if isinstance(meter, JanitzaMeter):
-                self.feeds.append(_janitza_feed(meter))
-            elif isinstance(meter, VictronMeter):
-                self.feeds.append(_victron_feed(meter))
-            else:
-                logger.warning("%s: no Home Assistant entities for meter %r", self.name, meter.name)
+        known = labels or {}
+        self.feeds: list[_DeviceFeed] = [
+            _meter_feed(meter, known.get(meter.name) or DeviceLabel(meter.name, "meter", MANUFACTURER))
+            for meter in meters
+        ]
         self.feeds.extend(_controller_feed(controller) for controller in controllers)
         self.states_published: Counter[str] = Counter()
         self.non_finite_total = 0
@@ -387,16 +338,19 @@ class HassFeeder(_HassSession):
                 await self._send_states()
             except NotConnectedError:
                 self.publish_failures_total += 1
+            # aiomqtt waits for a publish it could not write at once with wait_for, which can
+            # swallow our cancellation; 3.11's TaskGroup never cancels its children a second
+            # time, so a loop that ignored it would hang shutdown ("still stopping hass_feeder").
+            reraise_swallowed_cancel()
 
     def collect_metrics(self) -> Iterable[Metric]:
         """watti_hass_* families of this service plus its MQTT session's."""
         yield from self._base_metrics()
-        states = CounterMetricFamily(
-            "watti_hass_states_published", "Device state messages published", labels=["name", "device"]
+        families = self.families
+        states = families.counter(
+            "watti_hass_states_published", "Device state messages published", ("name", "device")
         )
-        for device, count in sorted(self.states_published.items()):
-            states.add_metric([self.name, device], count)
-        yield states
+        yield states.set(([self.name, d], n) for d, n in sorted(self.states_published.items()))
         for metric, doc, value in (
             (
                 "watti_hass_energy_regressions_held_back",
@@ -409,9 +363,7 @@ class HassFeeder(_HassSession):
                 self.non_finite_total,
             ),
         ):
-            family = CounterMetricFamily(metric, doc, labels=["name"])
-            family.add_metric([self.name], value)
-            yield family
+            yield families.counter(metric, doc).one(value, self.name)
 
     def status(self) -> Mapping[str, Any]:
         """Connection, devices and counters for /api/status."""
@@ -633,24 +585,21 @@ class HassDynamicConfig(_HassSession):
                     await self._send_states()
             except NotConnectedError:
                 self.publish_failures_total += 1
+            reraise_swallowed_cancel()  # as in HassFeeder._publish_loop
 
     def collect_metrics(self) -> Iterable[Metric]:
         """watti_hass_* families of this service plus its MQTT session's."""
         yield from self._base_metrics()
-        accepted = CounterMetricFamily(
-            "watti_hass_commands_accepted", "Setting commands applied", labels=["name", "setting"]
+        accepted = self.families.counter(
+            "watti_hass_commands_accepted", "Setting commands applied", ("name", "setting")
         )
-        for setting, count in sorted(self.accepted.items()):
-            accepted.add_metric([self.name, setting], count)
-        yield accepted
-        rejected = CounterMetricFamily(
+        yield accepted.set(([self.name, k], n) for k, n in sorted(self.accepted.items()))
+        rejected = self.families.counter(
             "watti_hass_commands_rejected",
             "Setting commands rejected, by reason",
-            labels=["name", "setting", "reason"],
+            ("name", "setting", "reason"),
         )
-        for (setting, reason), count in sorted(self.rejected.items()):
-            rejected.add_metric([self.name, setting, reason], count)
-        yield rejected
+        yield rejected.set(([self.name, k, r], n) for (k, r), n in sorted(self.rejected.items()))
 
     def status(self) -> Mapping[str, Any]:
         """Connection, settings in force and command counters for /api/status."""

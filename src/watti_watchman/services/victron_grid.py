@@ -1,9 +1,10 @@
-"""The Janitza grid meter as a virtual grid meter in Venus OS, through dbus-mqtt-devices (PROTOCOLS §4).
+"""A grid meter as a virtual grid meter in Venus OS, through dbus-mqtt-devices (PROTOCOLS §4).
 
 `VictronGridProvider` owns the MQTT session to the GX and keeps one `grid` service registered with
 the dbus-mqtt-devices driver (Status with a `connected: 0` last will, reply → write prefix,
 re-registration on reconnect, every `status_interval_s` and when the service vanishes).
-`VictronGridFeeder` writes fresh Janitza readings below that prefix: powers at most every
+`VictronGridFeeder` writes the fresh values of any meter whose quantity table has Venus grid
+paths (capability `grid_values`) below that prefix: powers at most every
 `power_interval`, the rest at most every `slow_interval`, `{"value": null}` once when the meter
 goes stale. Both run as their own tasks: a slow or lost GX broker never delays the control loop.
 """
@@ -16,22 +17,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from watti_watchman import __version__
 from watti_watchman.clock import Clock, monotonic
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.config.services import VictronGridFeederConfig
 from watti_watchman.domain.hass import CounterGuard
-from watti_watchman.domain.janitza import (
-    JANITZA_QUANTITIES,
-    MONOTONIC_ENERGY_KEYS,
-    JanitzaQuantity,
-    JanitzaReading,
-)
+from watti_watchman.domain.quantities import Quantity, QuantityValues
 from watti_watchman.failures import FailureLog, OnceLog
 from watti_watchman.latest import Stamped
-from watti_watchman.meters.janitza import JanitzaMeter
+from watti_watchman.meters.base import GridMeter
+from watti_watchman.metrics import Families
 from watti_watchman.mqtt import LastWill, MqttSession, NotConnectedError
 from watti_watchman.supervisor import Backoff, reraise_swallowed_cancel
 
@@ -58,24 +55,21 @@ EARLY_FRACTION = 0.25
 _DECIMALS = {"W": 1, "V": 2, "A": 3, "Hz": 3, "Wh": 3}
 """Decimals written per table unit (energy is written in kWh: 3 decimals = Wh resolution)."""
 
-POWER_QUANTITIES: tuple[JanitzaQuantity, ...] = tuple(
-    sorted(
-        (q for q in JANITZA_QUANTITIES if q.venus_path and q.quantity == "real_power"),
-        key=lambda q: q.phase is None,
-    )
-)
-"""Per-phase powers first (systemcalc reads them), then `Ac/Power`."""
-SLOW_QUANTITIES: tuple[JanitzaQuantity, ...] = tuple(
-    q for q in JANITZA_QUANTITIES if q.venus_path and q.quantity != "real_power"
-)
-"""Voltages, currents, frequency and the import (Forward) / export (Reverse) energies."""
-ALL_QUANTITIES: tuple[JanitzaQuantity, ...] = (*POWER_QUANTITIES, *SLOW_QUANTITIES)
-"""Every value the grid service takes (19 paths)."""
+
+def grid_quantities(quantities: Sequence[Quantity]) -> tuple[tuple[Quantity, ...], tuple[Quantity, ...]]:
+    """(power, slow) rows of a table that have Venus grid paths.
+
+    Power (W) per phase first (systemcalc reads them), then `Ac/Power`; slow: voltages, currents,
+    frequency and the import (Forward) / export (Reverse) energies.
+    """
+    paths = [q for q in quantities if q.venus_path]
+    power = sorted((q for q in paths if q.unit == "W"), key=lambda q: q.venus_path == "Ac/Power")
+    return tuple(power), tuple(q for q in paths if q.unit != "W")
 
 
-def venus_value(quantity: JanitzaQuantity, value: float) -> float:
+def venus_value(quantity: Quantity, value: float) -> float:
     """A table value in the Venus unit (Wh → kWh), rounded to the resolution worth sending."""
-    return round(value * quantity.venus_scale, _DECIMALS[quantity.unit])
+    return round(value * quantity.venus_scale, _DECIMALS.get(quantity.unit or "", 3))
 
 
 def value_payload(value: float | None) -> bytes:
@@ -115,7 +109,7 @@ class _ValueClass:
     """One class of writes: its paths, its rate limit and the sequence number of the reading last written."""
 
     kind: WriteClass
-    quantities: tuple[JanitzaQuantity, ...]
+    quantities: tuple[Quantity, ...]
     throttle: _Throttle
     seq: int = 0
 
@@ -179,6 +173,7 @@ class VictronGridProvider:
         self.attempts_total = 0
         self.vanished_total = 0
         self.bad_replies_total = 0
+        self.families = Families()
         self._reason: str | None = None
         self._replied = False
         self._wake = asyncio.Event()
@@ -392,45 +387,34 @@ class VictronGridProvider:
 
     def collect_metrics(self) -> Iterable[Metric]:
         """Registration state, device instance, attempts, failures, vanishings and the session's metrics."""
-        labels = [self.name]
-        state = GaugeMetricFamily(
+        families, name = self.families, self.name
+        state = families.gauge(
             "watti_victron_grid_registration_state",
             "1 for the current dbus-mqtt-devices registration state (fixed: write_prefix configured)",
-            labels=["name", "state"],
+            ("name", "state"),
         )
-        for name in REGISTRATION_STATES:
-            state.add_metric([self.name, name], 1.0 if self.state == name else 0.0)
-        yield state
+        yield state.set(([name, s], 1.0 if self.state == s else 0.0) for s in REGISTRATION_STATES)
         if self.device_instance is not None:
-            instance = GaugeMetricFamily(
-                "watti_victron_grid_device_instance",
-                "Device instance of the virtual grid meter on the GX",
-                labels=["name"],
+            instance = families.gauge(
+                "watti_victron_grid_device_instance", "Device instance of the virtual grid meter on the GX"
             )
-            instance.add_metric(labels, float(self.device_instance))
-            yield instance
-        attempts = CounterMetricFamily(
+            yield instance.one(self.device_instance, name)
+        attempts = families.counter(
             "watti_victron_grid_registration_attempts",
             "Status messages (connected: 1) sent awaiting a registration reply",
-            labels=["name"],
         )
-        attempts.add_metric(labels, float(self.attempts_total))
-        yield attempts
-        failures = CounterMetricFamily(
+        yield attempts.one(self.attempts_total, name)
+        failures = families.counter(
             "watti_victron_grid_registration_failures",
             "Registration attempts without a reply (no_reply) or not sent (not_connected)",
-            labels=["name", "reason"],
+            ("name", "reason"),
         )
-        for reason in ("no_reply", "not_connected"):
-            failures.add_metric([self.name, reason], float(self.failures.by_reason[reason]))
-        yield failures
-        vanished = CounterMetricFamily(
+        yield failures.set(([name, r], self.failures.by_reason[r]) for r in ("no_reply", "not_connected"))
+        vanished = families.counter(
             "watti_victron_grid_vanished",
             "Times the grid service vanished from the GX (0-byte notification) and was re-registered",
-            labels=["name"],
         )
-        vanished.add_metric(labels, float(self.vanished_total))
-        yield vanished
+        yield vanished.one(self.vanished_total, name)
         yield from self.session.collect_metrics()
 
     def status(self) -> dict[str, Any]:
@@ -452,7 +436,7 @@ class VictronGridProvider:
 
 
 class VictronGridFeeder:
-    """Writes the fresh readings of a Janitza grid meter to a dbus-mqtt-devices grid service.
+    """Writes the fresh values of a grid meter to a dbus-mqtt-devices grid service.
 
     Power (W, + = import) per phase and total at most every `power_interval` s; voltage (V),
     current (A), frequency (Hz) and energy (kWh; Forward = import, Reverse = export, after the
@@ -464,7 +448,7 @@ class VictronGridFeeder:
         self,
         config: VictronGridFeederConfig,
         connection: MqttConnectionConfig,
-        grid_meter: JanitzaMeter,
+        grid_meter: GridMeter,
         *,
         clock: Clock = monotonic,
     ) -> None:
@@ -480,9 +464,12 @@ class VictronGridFeeder:
             write_prefix=config.write_prefix,
             clock=clock,
         )
+        self.power_quantities, self.slow_quantities = grid_quantities(grid_meter.quantities)
+        self.all_quantities = (*self.power_quantities, *self.slow_quantities)
+        """Every value the grid service takes, power first."""
         self._classes = (
-            _ValueClass("power", POWER_QUANTITIES, _Throttle(config.power_interval)),
-            _ValueClass("slow", SLOW_QUANTITIES, _Throttle(config.slow_interval)),
+            _ValueClass("power", self.power_quantities, _Throttle(config.power_interval)),
+            _ValueClass("slow", self.slow_quantities, _Throttle(config.slow_interval)),
         )
         self._generation = 0
         self._invalidated = True
@@ -496,6 +483,7 @@ class VictronGridFeeder:
         """Write rounds cut short, by reason."""
         self.last_write_s: float | None = None
         """Clock time (s) of the newest value write (invalidations excluded)."""
+        self.families = Families()
 
     async def run(self) -> None:
         """Run the provider (session, registration) and the feed; cancel to stop."""
@@ -509,11 +497,11 @@ class VictronGridFeeder:
             self._stopping = True
             prefix = self.provider.write_prefix
             if self.provider.state == "fixed" and prefix is not None and not self._invalidated:
-                await self._publish_round(prefix, [(q, None) for q in ALL_QUANTITIES], "invalidate")
+                await self._publish_round(prefix, [(q, None) for q in self.all_quantities], "invalidate")
         await self.provider.shutdown()
 
     async def _feed_loop(self) -> None:
-        latest = self.grid_meter.reading
+        latest = self.grid_meter.values
         while True:
             seen = latest.seq
             wait_s = await self._step()
@@ -533,10 +521,10 @@ class VictronGridFeeder:
                     value_class.throttle.reset()
                     value_class.seq = 0
                 self._invalidated = False  # the GX may still hold our last values (broker restart)
-            stamped = self.grid_meter.reading.snapshot()
+            stamped = self.grid_meter.values.snapshot()
             if stamped is None or not self.grid_meter.is_fresh():
                 if not self._invalidated:
-                    nulls = [(q, None) for q in ALL_QUANTITIES]
+                    nulls = [(q, None) for q in self.all_quantities]
                     self._invalidated = await self._publish_round(prefix, nulls, "invalidate")
                 return idle_s
             now_s = self._clock()
@@ -548,19 +536,18 @@ class VictronGridFeeder:
                 for value_class in self._classes
                 if stamped.seq > value_class.seq
             ]
-            stale_in_s = stamped.at_s + self.grid_meter.config.max_age - now_s
-            return max(0.001, min([idle_s, stale_in_s, *pending]))
+            return max(0.001, min([idle_s, *pending]))
 
     async def _write_values(
-        self, prefix: str, stamped: Stamped[JanitzaReading], value_class: _ValueClass
+        self, prefix: str, stamped: Stamped[QuantityValues], value_class: _ValueClass
     ) -> None:
         """Write one class of values of `stamped` (energy counters never go down); throttle on success."""
-        values: list[tuple[JanitzaQuantity, float | None]] = []
+        values: list[tuple[Quantity, float | None]] = []
         for quantity in value_class.quantities:
-            value = stamped.value.value(quantity)
-            if quantity.key in MONOTONIC_ENERGY_KEYS:
+            value = stamped.value.get(quantity.key)
+            if value is not None and quantity.is_counter:
                 value = self._guard.admit(quantity.key, value)
-            values.append((quantity, venus_value(quantity, value)))
+            values.append((quantity, None if value is None else venus_value(quantity, value)))
         if not await self._publish_round(prefix, values, value_class.kind):
             return
         now_s = self._clock()
@@ -570,7 +557,7 @@ class VictronGridFeeder:
         self.last_write_s = now_s
 
     async def _publish_round(
-        self, prefix: str, values: Sequence[tuple[JanitzaQuantity, float | None]], kind: WriteClass
+        self, prefix: str, values: Sequence[tuple[Quantity, float | None]], kind: WriteClass
     ) -> bool:
         """Publish `{"value": …}` to `<prefix>/<venus path>` for each; False when the connection is gone."""
         try:
@@ -591,45 +578,39 @@ class VictronGridFeeder:
 
     def collect_metrics(self) -> Iterable[Metric]:
         """watti_victron_grid_* families of this feeder, its registration and its MQTT session."""
-        labels = [self.name]
-        up = GaugeMetricFamily(
-            "watti_victron_grid_up",
-            "1 while registered on the GX and feeding fresh grid meter values",
-            labels=["name"],
+        families, name = self.families, self.name
+        up = families.gauge(
+            "watti_victron_grid_up", "1 while registered on the GX and feeding fresh grid meter values"
         )
-        up.add_metric(labels, 1.0 if self.up else 0.0)
-        yield up
-        writes = CounterMetricFamily(
+        yield up.one(1.0 if self.up else 0.0, name)
+        writes = families.counter(
             "watti_victron_grid_writes",
             "W messages published to the grid service, by class (power, slow, invalidate)",
-            labels=["name", "class"],
+            ("name", "class"),
         )
-        for kind in WRITE_CLASSES:
-            writes.add_metric([self.name, kind], float(self.writes[kind]))
-        yield writes
-        errors = CounterMetricFamily(
+        yield writes.set(([name, kind], self.writes[kind]) for kind in WRITE_CLASSES)
+        errors = families.counter(
             "watti_victron_grid_errors",
             "Write rounds cut short (not_connected) and unusable registration replies (bad_reply)",
-            labels=["name", "reason"],
+            ("name", "reason"),
         )
-        errors.add_metric([self.name, "not_connected"], float(self.errors["not_connected"]))
-        errors.add_metric([self.name, "bad_reply"], float(self.provider.bad_replies_total))
-        yield errors
-        held = CounterMetricFamily(
+        yield errors.set(
+            (
+                ([name, "not_connected"], self.errors["not_connected"]),
+                ([name, "bad_reply"], self.provider.bad_replies_total),
+            )
+        )
+        held = families.counter(
             "watti_victron_grid_energy_regressions_held_back",
             "Energy counter values lower than already written, replaced by the highest written",
-            labels=["name"],
         )
-        held.add_metric(labels, float(self._guard.held_back_total))
-        yield held
+        yield held.one(self._guard.held_back_total, name)
         if self.last_write_s is not None:
-            age = GaugeMetricFamily(
+            age = families.gauge(
                 "watti_victron_grid_last_write_age_seconds",
                 "Seconds since the last value write to the GX (invalidations excluded)",
-                labels=["name"],
             )
-            age.add_metric(labels, self._clock() - self.last_write_s)
-            yield age
+            yield age.one(self._clock() - self.last_write_s, name)
         yield from self.provider.collect_metrics()
 
     def status(self) -> Mapping[str, Any]:

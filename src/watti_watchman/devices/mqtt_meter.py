@@ -1,0 +1,28 @@
+"""Device type `MqttMeter`: power and optional grid values from MQTT payloads (topic, JSON path, scale)."""
+
+from watti_watchman.meters.base import Meter
+from watti_watchman.meters.mqtt_meter import MqttMeterConfig
+from watti_watchman.registry import BuildContext, DeviceType, register
+
+
+def _build(config: MqttMeterConfig, context: BuildContext) -> Meter:
+    from watti_watchman.meters.mqtt_meter import MqttMeter  # noqa: PLC0415 - keep `check` light
+
+    return MqttMeter(config, context.connection(config.mqtt_connection_name), clock=context.clock)
+
+
+def _summary(config: MqttMeterConfig) -> str:
+    topics = sorted({value.topic for value in config.values.values()})
+    keys = ", ".join(sorted(config.values))
+    return f"MQTT meter via {config.mqtt_connection_name}: {keys} from {', '.join(topics)}"
+
+
+MQTT_METER = register(
+    DeviceType(
+        config=MqttMeterConfig,
+        build=_build,
+        capabilities=frozenset({"power", "grid_values"}),
+        label="MQTT meter",
+        summary=_summary,
+    )
+)

@@ -1,0 +1,326 @@
+"""`ModbusMeter`: any Modbus TCP (or RTU-over-TCP) meter described by a register map.
+
+Polls the map's blocks every `interval` (start to start), decodes and validates them into a
+`MeterReading` and publishes it with the reply's arrival time. Garbage replies are counted,
+logged once per outage and never published; the connection is rebuilt after any link failure.
+"""
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from functools import cached_property
+from typing import Any, Literal
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from pydantic import Field, field_validator
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.framer import FramerType
+
+from watti_watchman.clock import Clock, monotonic
+from watti_watchman.config.meters import MeterConfig
+from watti_watchman.config.mqtt import Port
+from watti_watchman.config.register_map import SHIPPED_MAPS, load_register_map
+from watti_watchman.domain.meter_values import MeterReading, meter_table, reading_from_values
+from watti_watchman.domain.quantities import Quantity, QuantityValues
+from watti_watchman.domain.readings import PowerSample
+from watti_watchman.domain.register_map import ReadBlock, RegisterMap, decode_blocks
+from watti_watchman.failures import FailureLog
+from watti_watchman.latest import Latest
+from watti_watchman.meters.generic import counter_families, reading_status, up_family
+from watti_watchman.supervisor import Backoff, reraise_swallowed_cancel, supervise
+
+METRIC_PREFIX = "watti_modbus_meter"
+KNOWN_REASONS = (
+    "connect_timeout",
+    "connection_refused",
+    "read_timeout",
+    "connection_lost",
+    "modbus_error",
+    "wrong_length",
+    "non_finite",
+    "implausible",
+)
+_FRAMERS = {"tcp": FramerType.SOCKET, "rtu_over_tcp": FramerType.RTU}
+_EXCEPTIONS = {
+    0x01: "illegal function (wrong function_code in the map?)",
+    0x02: "illegal data address: the map does not fit this device",
+    0x0A: "gateway path unavailable",
+    0x0B: "gateway target failed to respond: check the unit id and the RS485 side",
+}
+
+
+class ModbusMeterConfig(MeterConfig):
+    """A meter read over Modbus TCP or RTU frames over TCP, described by a register map."""
+
+    type: Literal["ModbusMeter"]
+    host: str = Field(min_length=1)
+    port: Port = 502
+    unit: int = Field(default=1, ge=0, le=247, description="Modbus unit id (slave address).")
+    framing: Literal["tcp", "rtu_over_tcp"] = Field(
+        default="tcp", description="tcp: Modbus TCP / gateway mode; rtu_over_tcp: transparent RS485 bridge."
+    )
+    map: str = Field(
+        min_length=1,
+        description=f"A shipped register map ({', '.join(SHIPPED_MAPS)}) or the path of a map file "
+        "(.yml, relative to the working directory).",
+    )
+    interval: float | None = Field(
+        default=None, gt=0, le=60, description="Polling period (s); default: the map's poll_interval."
+    )
+    timeout: float = Field(default=1.0, gt=0, le=10, description="Connect and read timeout (s).")
+    invert: bool = Field(default=False, description="Negate powers and swap import/export (reversed CTs).")
+    max_age: float | None = Field(
+        default=None,
+        gt=0,
+        le=120,
+        description="A reading older than this is stale (s); default 3 polls, ≥ 1 s.",
+    )
+
+    @field_validator("map")
+    @classmethod
+    def _map_loads(cls, value: str) -> str:
+        load_register_map(value)
+        return value
+
+    @cached_property
+    def register_map(self) -> RegisterMap:
+        """The loaded map."""
+        return load_register_map(self.map)
+
+    @property
+    def poll_interval_s(self) -> float:
+        """The polling period (s)."""
+        return self.interval if self.interval is not None else self.register_map.poll_interval_s
+
+    @property
+    def max_age_s(self) -> float:
+        """Age (s) beyond which a reading is stale."""
+        return self.max_age if self.max_age is not None else max(1.0, 3 * self.poll_interval_s)
+
+
+class ModbusReadError(Exception):
+    """A read failed; `reason` is the metric label, the message is for humans."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class _Link:
+    """One pymodbus client for one connection; after any failure it is closed and never reused."""
+
+    def __init__(self, config: ModbusMeterConfig) -> None:
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # we report every failure ourselves
+        self._config = config
+        self._client = AsyncModbusTcpClient(
+            config.host,
+            port=config.port,
+            framer=_FRAMERS[config.framing],
+            timeout=config.timeout,
+            retries=0,
+            reconnect_delay=0,
+            name=config.name,
+        )
+
+    async def connect(self) -> None:
+        """Open the TCP connection; ModbusReadError(connect_timeout | connection_refused)."""
+        loop = asyncio.get_running_loop()
+        started_s = loop.time()
+        if await self._client.connect():
+            return
+        if loop.time() - started_s >= 0.9 * self._config.timeout:
+            raise ModbusReadError("connect_timeout", f"no TCP connection within {self._config.timeout} s")
+        raise ModbusReadError(
+            "connection_refused", "connection refused or host unreachable (check host and port)"
+        )
+
+    async def read(self, block: ReadBlock) -> list[int]:
+        """One read of `block` with the map's function code; ModbusReadError on any failure."""
+        config = self._config
+        read = (
+            self._client.read_input_registers
+            if config.register_map.function_code == 4
+            else self._client.read_holding_registers
+        )
+        try:
+            async with asyncio.timeout(config.timeout):
+                response = await read(block.address, count=block.count, device_id=config.unit)
+        except TimeoutError:
+            hint = (
+                " (transparent RS485 bridges need framing: rtu_over_tcp)" if config.framing == "tcp" else ""
+            )
+            raise ModbusReadError("read_timeout", f"no reply within {config.timeout} s{hint}") from None
+        except ConnectionException as error:
+            raise ModbusReadError("connection_lost", f"connection lost: {error}") from error
+        except ModbusException as error:
+            raise ModbusReadError("modbus_error", f"garbled reply: {error}") from error
+        if response.isError():
+            code = int(getattr(response, "exception_code", 0))
+            meaning = _EXCEPTIONS.get(code, "exception response")
+            raise ModbusReadError(f"exception_{code:02x}", f"exception 0x{code:02X}: {meaning}")
+        return list(response.registers)
+
+    async def read_values(self) -> dict[str, float]:
+        """Every block of the map, decoded, unvalidated; ModbusReadError(wrong_length) on a short reply."""
+        register_map = self._config.register_map
+        replies = {block.address: await self.read(block) for block in register_map.read_blocks()}
+        try:
+            return decode_blocks(register_map, replies)
+        except ValueError as error:
+            raise ModbusReadError("wrong_length", str(error)) from None
+
+    def close(self) -> None:
+        """Drop the connection so a late reply can never be taken for a later answer."""
+        self._client.close()
+
+
+def validated(config: ModbusMeterConfig, raw: Mapping[str, float]) -> MeterReading:
+    """The reading for decoded `raw` values; ModbusReadError(non_finite | implausible) for garbage."""
+    try:
+        return reading_from_values(raw, invert=config.invert)
+    except ValueError as error:
+        raise ModbusReadError(str(error), f"reply rejected: {error}") from None
+
+
+async def read_once(config: ModbusMeterConfig) -> MeterReading:
+    """Connect, read the map once and disconnect; ModbusReadError with a clear message on failure."""
+    link = _Link(config)
+    try:
+        await link.connect()
+        raw = await link.read_values()
+    finally:
+        link.close()
+    return validated(config, raw)
+
+
+class ModbusMeter:
+    """Polls one register-map meter, publishing `reading` and `power` with the reply's arrival time."""
+
+    def __init__(self, config: ModbusMeterConfig, *, clock: Clock = monotonic) -> None:
+        self.name = config.name
+        self.config = config
+        self._clock = clock
+        self.reading: Latest[MeterReading] = Latest(clock)
+        self.power: Latest[PowerSample] = Latest(clock)
+        self.quantities: tuple[Quantity, ...] = meter_table(config.register_map.registers)
+        self.values: Latest[QuantityValues] = Latest(clock)
+        self._logger = logging.getLogger(f"watti_watchman.modbus_meter.{config.name}")
+        self._failures = FailureLog(self._logger, clock)
+        self._backoff = Backoff(initial_s=min(0.2, config.poll_interval_s), cap_s=10.0)
+        self.connected = False
+        self.reads = 0
+        self.reconnects = 0
+        self.overruns = 0
+        self.read_seconds = 0.0
+
+    @property
+    def errors_by_reason(self) -> Mapping[str, int]:
+        """Failed reads, rejected replies and connection attempts, by reason."""
+        return self._failures.by_reason
+
+    def is_fresh(self) -> bool:
+        """True when a reading at most `max_age` s old is present."""
+        return self.reading.is_fresh(self.config.max_age_s)
+
+    async def run(self) -> None:
+        """Poll until cancelled; reconnects with backoff and a fresh client after any link failure."""
+        await supervise(
+            self._session,
+            failures=self._failures,
+            backoff=self._backoff,
+            classify=_classify,
+            on_reconnect=self._count_reconnect,
+        )
+
+    def _count_reconnect(self) -> None:
+        self.reconnects += 1
+
+    async def _session(self) -> None:
+        link = _Link(self.config)
+        period_s = self.config.poll_interval_s
+        try:
+            await link.connect()
+            self.connected = True
+            next_s = self._clock()
+            while True:
+                await self._poll(link)
+                reraise_swallowed_cancel()  # pymodbus awaits replies with wait_for
+                next_s += period_s
+                now_s = self._clock()
+                if next_s < now_s:
+                    self.overruns += 1
+                    next_s = now_s
+                await asyncio.sleep(next_s - now_s)
+        finally:
+            self.connected = False
+            link.close()
+
+    async def _poll(self, link: _Link) -> None:
+        sent_s = self._clock()
+        raw = await link.read_values()
+        arrived_s = self._clock()
+        self.reads += 1
+        self.read_seconds += arrived_s - sent_s
+        try:
+            reading = validated(self.config, raw)
+        except ModbusReadError as error:
+            self._failures.failure(error.reason, error)
+            return
+        self._failures.success(f"{self.name}: reading again")
+        self._backoff.reset()
+        self.reading.publish(reading, arrived_s)
+        self.values.publish(reading.values, arrived_s)
+        self.power.publish(reading.power_sample(), arrived_s)
+
+    def collect_metrics(self) -> Iterable[Metric]:
+        """Freshness, connection and counters (the values are exported from the table)."""
+        yield up_family(METRIC_PREFIX, self.name, self.is_fresh())
+        connected = GaugeMetricFamily(
+            f"{METRIC_PREFIX}_connected", "1 while the TCP connection is open", labels=["name"]
+        )
+        connected.add_metric([self.name], 1.0 if self.connected else 0.0)
+        yield connected
+        yield from counter_families(
+            METRIC_PREFIX,
+            self.name,
+            (
+                ("reads", "Complete polls that got replies (valid or not)", self.reads),
+                ("reconnects", "Reconnections after a failure", self.reconnects),
+                ("cycle_overruns", "Polls that took longer than the polling period", self.overruns),
+                ("read_seconds", "Time spent waiting for replies (s)", self.read_seconds),
+            ),
+            self._failures.by_reason,
+            KNOWN_REASONS,
+        )
+
+    def status(self) -> Mapping[str, Any]:
+        """JSON-able summary for /api/status."""
+        config = self.config
+        age_s = self.reading.age_s()
+        return {
+            "type": "ModbusMeter",
+            "map": config.register_map.name,
+            "address": f"{config.host}:{config.port}",
+            "unit": config.unit,
+            "framing": config.framing,
+            "connected": self.connected,
+            "age_s": None if age_s is None else round(age_s, 3),
+            **reading_status(self.reading.get(config.max_age_s)),
+            "reads": self.reads,
+            "reconnects": self.reconnects,
+            "errors": dict(self._failures.by_reason),
+        }
+
+
+def _classify(error: BaseException) -> str | None:
+    """Reason label for transient failures; None for programming errors (they propagate)."""
+    if isinstance(error, ModbusReadError):
+        return error.reason
+    if isinstance(error, ModbusException):
+        return "modbus_error"
+    if isinstance(error, TimeoutError):
+        return "read_timeout"
+    if isinstance(error, OSError):
+        return "connection_lost"
+    return None

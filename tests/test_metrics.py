@@ -1,0 +1,139 @@
+"""The exposition renderer against prometheus_client's own `generate_latest` (the reference)."""
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from watti_watchman.clock import ManualClock
+from watti_watchman.domain.quantities import Quantity, QuantityValues
+from watti_watchman.latest import Latest
+from watti_watchman.metrics import Exposition, Histogram, format_value
+
+TABLE: tuple[Quantity, ...] = (
+    Quantity(
+        "p1", "P1", "W", metric="watti_t_power_watts", metric_help="Power", metric_labels=(("phase", "l1"),)
+    ),
+    Quantity(
+        "p2", "P2", "W", metric="watti_t_power_watts", metric_help="Power", metric_labels=(("phase", "l2"),)
+    ),
+    Quantity(
+        "e",
+        "E",
+        "Wh",
+        metric="watti_t_energy_joules",
+        metric_type="counter",
+        metric_help="E",
+        metric_scale=3600.0,
+    ),
+    Quantity("hidden", "Not exported", None),
+)
+
+
+class TableMeter:
+    """A meter with a table and nothing else, fed by the test."""
+
+    def __init__(self, name: str, clock: ManualClock) -> None:
+        self.name = name
+        self.quantities = TABLE
+        self.values: Latest[QuantityValues] = Latest(clock)
+        self.fresh = True
+
+    def is_fresh(self) -> bool:
+        return self.fresh
+
+    async def run(self) -> None:  # pragma: no cover - not run here
+        return None
+
+    def collect_metrics(self) -> Iterable[Metric]:
+        return ()
+
+    def status(self) -> Mapping[str, Any]:  # pragma: no cover - not used here
+        return {}
+
+
+def reference(*sources: Iterable[Metric]) -> bytes:
+    """What prometheus_client writes for the same families merged by name, `_created` lines dropped."""
+    merged: dict[str, Metric] = {}
+    for families in sources:
+        for family in families:
+            if family.name in merged:
+                merged[family.name].samples.extend(family.samples)
+            else:
+                merged[family.name] = family
+
+    class Collector:
+        def collect(self) -> Iterable[Metric]:
+            return list(merged.values())
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector())
+    lines = generate_latest(registry).decode().splitlines(keepends=True)
+    created = {
+        n for line in lines if line.startswith("# TYPE ") and (n := line.split()[2]).endswith("_created")
+    }
+    return "".join(line for line in lines if not any(c in line for c in created)).encode()
+
+
+def own_families(value: float) -> list[Metric]:
+    gauge = GaugeMetricFamily("watti_t_gauge", 'Odd "help" \\ with\nnewline', labels=["name", "reason"])
+    gauge.add_metric(["a", 'quote " back \\ nl \n'], value)
+    gauge.add_metric(["b", "x"], -value)
+    counter = CounterMetricFamily("watti_t_events", "Events", labels=["name"])
+    counter.add_metric(["a"], 3.0)
+    plain = GaugeMetricFamily("watti_t_plain", "No labels")
+    plain.add_metric([], value)
+    return [gauge, counter, plain]
+
+
+def test_render_matches_generate_latest_for_component_families() -> None:
+    histogram = Histogram("watti_t_latency_seconds", "Latency (s)", "a", (0.001, 0.5, 1.0))
+    for observed in (0.0005, 0.2, 3.0):
+        histogram.observe(observed)
+    for value in (0.0, 1.5, 1234567.0, 1.5e-07, math.inf, -math.inf, math.nan, 299792458.0):
+        exposition = Exposition(process=False)
+        exposition.add(lambda v=value: own_families(v))  # type: ignore[misc]
+        exposition.add(histogram.collect)
+        exposition.add(lambda v=value: own_families(v + 1)[:1])  # type: ignore[misc]
+        expected = reference(own_families(value), histogram.family.collect(), own_families(value + 1)[:1])
+        assert exposition.render() == expected
+    assert b"_created" not in expected
+    assert b'le="1.0"' in expected
+
+
+def test_tables_render_like_the_families_they_describe() -> None:
+    clock = ManualClock()
+    meters = [TableMeter("hak", clock), TableMeter("bat", clock)]
+    exposition = Exposition(process=False)
+    for meter in meters:
+        exposition.add(meter)
+    assert exposition.render() == b"", "nothing before the first values"
+    for step in range(3):
+        meters[0].values.publish({"p1": 10.0 + step, "p2": -2.5, "e": 1000.0})
+        meters[1].values.publish({"p1": 0.1 * step, "e": 5.0 + step})  # p2 absent: no sample
+
+        def families(name: str, values: QuantityValues) -> list[Metric]:
+            power = GaugeMetricFamily("watti_t_power_watts", "Power", labels=["name", "phase"])
+            for key, phase in (("p1", "l1"), ("p2", "l2")):
+                if key in values:
+                    power.add_metric([name, phase], values[key])
+            energy = CounterMetricFamily("watti_t_energy_joules", "E", labels=["name"])
+            energy.add_metric([name], values["e"] * 3600.0)
+            return [power, energy]
+
+        values = [m.values.snapshot() for m in meters]
+        assert all(v is not None for v in values)
+        expected = reference(*(families(m.name, v.value) for m, v in zip(meters, values, strict=True) if v))
+        assert exposition.render() == expected
+        assert exposition.render() == expected, "unchanged values: same body from the prepared lines"
+    meters[1].fresh = False
+    assert b'name="bat"' not in exposition.render(), "a stale meter exports no values"
+
+
+def test_format_value_is_prometheus_clients() -> None:
+    from prometheus_client.utils import floatToGoString  # noqa: PLC0415
+
+    for value in (0, 1, -1, 0.1, 1e-9, 999999.9, 1e6, 1.5e6, -2e7, 12345678.9, math.inf, math.nan, 2**53):
+        assert format_value(value) == floatToGoString(value)  # type: ignore[no-untyped-call]

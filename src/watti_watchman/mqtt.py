@@ -238,10 +238,6 @@ class MqttSession:
         except (NotConnectedError, aiomqtt.MqttError) as error:
             self.publish_drops_total += 1
             raise NotConnectedError(str(error)) from error
-        finally:
-            # aiomqtt's wait_for may have swallowed our cancellation (returning or raising): a
-            # caller that carries on would outlive shutdown (task groups cancel only once).
-            reraise_swallowed_cancel()
         self.publishes_total += 1
 
     async def close_gracefully(self, topic: str, payload: bytes | str, *, retain: bool = False) -> None:

@@ -29,7 +29,7 @@ from watti_watchman.latest import Latest
 from watti_watchman.meters.generic import counter_families, up_family
 from watti_watchman.meters.mqtt_meter import MqttValueConfig
 from watti_watchman.mqtt import LastWill, MqttSession, NotConnectedError
-from watti_watchman.supervisor import cancel_and_wait
+from watti_watchman.supervisor import cancel_and_wait, reraise_swallowed_cancel
 
 METRIC_PREFIX = "watti_mqtt_battery"
 KNOWN_REASONS = ("not_json", "missing", "not_a_number", "non_finite", "implausible", "not_connected")
@@ -230,6 +230,7 @@ class MqttBattery:
                     self.resends += 1
                 except NotConnectedError:
                     self._sent_s = now_s  # counted; retry after one interval, the session reconnects
+                reraise_swallowed_cancel()  # aiomqtt's wait_for may have swallowed our cancellation
             wait_s = config.resend_interval
             if self._setpoints is not None and connected:
                 wait_s = max(0.001, self._sent_s + config.resend_interval - self._clock())

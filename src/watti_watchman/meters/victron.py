@@ -205,6 +205,7 @@ class VictronMeter:
                     await self._keep_alive(now)
                 except NotConnectedError:
                     self.logger.debug("keepalive skipped: connection lost")
+                reraise_swallowed_cancel()  # aiomqtt's wait_for may have swallowed our cancellation
 
     def _pick_portal(self, now: float) -> None:
         if (

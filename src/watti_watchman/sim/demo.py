@@ -95,7 +95,7 @@ async def simulated_site(
     venus = VenusEmulator(connection, PORTAL_ID, bms_limits=installation.bms)
     if installation.bms:
         venus.set_bms_limits(plant.config.bms_max_charge_current_a, plant.config.bms_max_discharge_current_a)
-    world = RealTimePlant(plant, grid_server, battery_server, venus)
+    world = RealTimePlant(plant, grid_server, battery_server, venus, frequency=timing.frequency)
     site = SimulatedSite(mqtt_port, grid_server, battery_server, venus, world)
     tasks = [asyncio.create_task(venus.run(), name="venus")]
     await venus.session.connected.wait()  # a real GX is up before the service starts

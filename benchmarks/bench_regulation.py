@@ -1,11 +1,13 @@
 """Regulation: our controller vs the reference law vs the meter-limited and ideal oracles.
 
 Every bundled scenario (except the looping `demo`) on every plant preset, in virtual time
-(`watti_watchman.sim.virtual`): the real `ChargeController` task with a 2 ms meter read and a
-5 ms write latency, the reference loop (blind 100 ms polls at random phases, averaged over
-`--seeds` phase draws), and both oracles. Prints two Markdown tables (energy and dynamics) and a
-verdict on the issue's targets: exported energy <= 1.25 × the meter-limited oracle and below the
-reference everywhere, no oscillation (no segment with 2 or more band reversals).
+(`watti_watchman.sim.virtual`): the real `ChargeController` task, its meters read by the modelled
+production poller on meter windows that wander, jitter and (`--timing disturbed`, the default)
+jump every 2–4 s, with 2 ms reads and a 5 ms write latency, the reference loop (blind 100 ms
+polls at random phases, averaged over `--seeds` phase draws), and both oracles. Prints two
+Markdown tables (energy and dynamics) and a verdict on the issue's targets: exported energy
+<= 1.25 × the meter-limited oracle and below the reference everywhere, no oscillation (no
+segment with 2 or more band reversals).
 
 Run: `uv run python -m benchmarks.bench_regulation [--seeds N] [--set key=value ...]`
 (`--set` overrides a `ChargeControllerConfig` field for our controller, e.g. `--set deadband=0`).
@@ -22,6 +24,7 @@ import yaml
 
 from benchmarks.support import print_table
 from watti_watchman.config.services import ChargeControllerConfig
+from watti_watchman.sim.meter_clock import DISTURBED, FIELD, MeterTiming
 from watti_watchman.sim.plant import PRESETS
 from watti_watchman.sim.scenario import bundled_scenarios, load_scenario
 from watti_watchman.sim.score import Score, score
@@ -81,19 +84,26 @@ class Row:
         return self.ours.reversals >= 2 and self.ours.reversals > self.meter_oracle.reversals
 
 
-def measure(scenario: str, plant: str, config: ChargeControllerConfig, seeds: int) -> Row:
-    """Run all four controllers on one scenario and plant."""
+TIMINGS = {"disturbed": DISTURBED, "field": FIELD}
+"""Meter windows: the field's wander and jitter, plus (disturbed) a phase jump every 2–4 s."""
+
+
+def measure(
+    scenario: str, plant: str, config: ChargeControllerConfig, seeds: int, timing: MeterTiming
+) -> Row:
+    """Run all four controllers on one scenario and plant, the meters' windows moving as `timing` says."""
     chosen = load_scenario(scenario)
+    options = RunOptions(timing=timing)
     return Row(
         scenario,
         plant,
-        score(simulate_run(chosen, plant, "watti", config)),
+        score(simulate_run(chosen, plant, "watti", config, options)),
         [
-            score(simulate_run(chosen, plant, "reference", options=RunOptions(seed=seed)))
+            score(simulate_run(chosen, plant, "reference", options=RunOptions(seed=seed, timing=timing)))
             for seed in range(1, seeds + 1)
         ],
-        score(simulate_run(chosen, plant, "meter_oracle")),
-        score(simulate_run(chosen, plant, "ideal_oracle")),
+        score(simulate_run(chosen, plant, "meter_oracle", options=options)),
+        score(simulate_run(chosen, plant, "ideal_oracle", options=options)),
     )
 
 
@@ -217,12 +227,14 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], type=_override, metavar="KEY=VALUE")
     parser.add_argument("--scenario", action="append", help="only these scenarios")
     parser.add_argument("--plant", action="append", choices=list(PRESETS), help="only these plants")
+    parser.add_argument("--timing", choices=list(TIMINGS), default="disturbed", help="meter windows")
     args = parser.parse_args()
     config = default_controller_config(**dict(args.set))
     scenarios = args.scenario or [name for name in bundled_scenarios() if name not in SKIPPED]
     plants = args.plant or list(PRESETS)
     started = time.process_time()
-    rows = [measure(name, plant, config, args.seeds) for name in scenarios for plant in plants]
+    timing = TIMINGS[args.timing]
+    rows = [measure(name, plant, config, args.seeds, timing) for name in scenarios for plant in plants]
     changed = {key: getattr(config, key) for key, _ in args.set}
     print(f"our controller: original example config{f', {changed}' if changed else ''}\n")
     energy_table(rows)

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import math
 import re
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,12 +14,14 @@ from tests.support.modbus_fixtures import janitza_config
 from tests.support.waiting import wait_until
 from watti_watchman.clock import ManualClock, monotonic
 from watti_watchman.domain.janitza import QUANTITIES_BY_KEY
+from watti_watchman.domain.janitza_timing import FixedSchedule
 from watti_watchman.domain.quantities import format_values
 from watti_watchman.meters.base import PowerMeter
 from watti_watchman.meters.janitza import JanitzaMeter, JanitzaReadError, read_meter
 from watti_watchman.metrics import Exposition
 from watti_watchman.registry import BuildContext, device_type
 from watti_watchman.sim.janitza_server import JanitzaServer
+from watti_watchman.sim.meter_clock import FIELD, WindowClock
 
 
 @contextlib.asynccontextmanager
@@ -270,8 +273,12 @@ async def test_metrics_expose_all_values_and_counters(janitza_server: JanitzaSer
     assert exposed[("watti_janitza_reads_total", hak)] >= 3
     assert exposed[("watti_janitza_errors_total", (("name", "hak"), ("reason", "read_timeout")))] == 0.0
     modes = [value for (name, _), value in exposed.items() if name == "watti_janitza_poll_mode"]
-    assert sorted(modes) == [0.0, 0.0, 1.0]
+    assert sorted(modes) == [0.0, 0.0, 0.0, 1.0]
     assert ("watti_janitza_sample_age_seconds_count", hak) in exposed
+    assert 0.198 <= exposed[("watti_janitza_refresh_period_seconds", hak)] <= 0.202
+    assert 49.5 <= exposed[("watti_janitza_refresh_implied_frequency_hertz", hak)] <= 50.5
+    assert ("watti_janitza_refresh_slips_total", hak) in exposed
+    assert ("watti_janitza_refresh_reacquisitions_total", hak) in exposed
     assert ("watti_janitza_cycle_overruns_total", hak) in exposed
 
 
@@ -290,3 +297,67 @@ async def test_stale_meter_reports_down_and_drops_value_series(
     assert not [key for key in exposed if key[0] == "watti_janitza_real_power_sum_watts"]
     assert meter.status()["fresh"] is False
     assert meter.status()["power_w"] is None
+
+
+async def refresh_on(server: JanitzaServer, clock: WindowClock, truth: dict[int, float]) -> None:
+    """Serve a new window at each close of `clock` (window number in energy_export_l1); record when."""
+    base = server.values
+    index = QUANTITIES_BY_KEY["energy_export_l1"].index
+    window = 0
+    while True:
+        window += 1
+        await asyncio.sleep(max(0.0, clock.close_s(window) - time.monotonic()))
+        server.set_values(with_value(base, "energy_export_l1", base[index] + window))
+        truth[window] = server.changed_at_s[-1]
+
+
+async def published_windows(
+    meter: JanitzaMeter, base: tuple[float, ...], seen: list[tuple[int, float, float]]
+) -> None:
+    """(window number, time stamp s, arrival s) of every published reading."""
+    index = QUANTITIES_BY_KEY["energy_export_l1"].index
+    seq = 0
+    while True:
+        stamped = await meter.reading.wait_newer(seq, None)
+        if stamped is None:
+            continue
+        seq = stamped.seq
+        seen.append((round(stamped.value.values[index] - base[index]), stamped.at_s, time.monotonic()))
+
+
+async def test_readings_are_stamped_with_the_true_window_close_on_a_moving_meter_clock(
+    janitza_server: JanitzaServer,
+) -> None:
+    clock = WindowClock(FIELD, time.monotonic(), 0.0731)
+    truth: dict[int, float] = {}
+    seen: list[tuple[int, float, float]] = []
+    meter = JanitzaMeter(janitza_config(janitza_server))
+    async with running(meter):
+        tasks = [
+            asyncio.create_task(refresh_on(janitza_server, clock, truth)),
+            asyncio.create_task(published_windows(meter, janitza_server.values, seen)),
+        ]
+        await asyncio.sleep(4.0)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    settled = [entry for entry in seen if entry[2] > seen[0][2] + 1.5]
+    errors_ms = sorted(abs(at_s - truth[w]) * 1000 for w, at_s, _ in settled if w in truth)
+    ages_ms = sorted((arrived_s - truth[w]) * 1000 for w, _, arrived_s in settled if w in truth)
+    assert meter.schedule.mode == "phase_locked"
+    assert len(errors_ms) >= 10
+    assert errors_ms[len(errors_ms) // 2] < 4.0, "time stamps at the true close, not at arrival"
+    assert ages_ms[len(ages_ms) // 2] < 10.0, "each window read within a few ms of its close"
+
+
+async def test_sample_age_shows_late_reads_as_late(janitza_server: JanitzaServer) -> None:
+    clock = WindowClock(FIELD, time.monotonic(), 0.0731)
+    meter = JanitzaMeter(janitza_config(janitza_server))
+    meter.schedule = FixedSchedule(0.2)  # blind polling: reads 0–200 ms after each change
+    async with running(meter):
+        task = asyncio.create_task(refresh_on(janitza_server, clock, {}))
+        await wait_until(lambda: meter.new_windows >= 12, 5.0, "a dozen windows")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    ages_ms = sorted(age * 1000 for age in meter.sample_ages_s)
+    assert ages_ms[len(ages_ms) // 2] > 30.0

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import socket
 
 import pytest
 
@@ -65,3 +66,19 @@ async def test_publish_subscribe_reconnect_and_will(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_the_connection_sends_without_nagle_delay(mqtt_connection: MqttConnectionConfig) -> None:
+    """A decision's per-phase writes must not wait for the ACK of the first (Nagle + delayed ACK)."""
+    session = MqttSession(mqtt_connection, "control", clock=monotonic)
+    task = asyncio.create_task(session.run())
+    try:
+        await wait_until(lambda: session.is_connected)
+        client = session._client
+        assert client is not None
+        sock = client._client.socket()
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -178,6 +178,7 @@ class MqttSession:
                 raise aiomqtt.MqttError("connection closed right after CONNACK")
             self._connecting = False
             self._client = client
+            _no_delay(client)
             # The outage ends once the connection has held: a flapping broker is one outage.
             connected_at_s = self._clock()
             stable = asyncio.get_running_loop().call_later(
@@ -272,3 +273,10 @@ class MqttSession:
         yield errors.set(
             ([*labels, reason], count) for reason, count in sorted(self.failures.by_reason.items())
         )
+
+
+def _no_delay(client: aiomqtt.Client) -> None:
+    """Disable Nagle on the connection: a setpoint must not wait for the ACK of the one before."""
+    sock = client._client.socket()
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,19 +1,18 @@
 """Janitza UMG meter over Modbus TCP (or RTU frames over TCP), polled in phase with its refresh.
 
-The meter refreshes its values every 200 ms. `PhaseLockedSchedule` learns when that happens from
-when the values change and reads a few ms after each expected change; `JanitzaMeter` owns the
-connection, validates every read and publishes typed readings into `Latest` holders.
+The meter refreshes its values every 200 ms on its own clock. `PhaseLockedSchedule`
+(domain/janitza_timing.py) tracks phase and period of that refresh and reads just after each
+expected change; `JanitzaMeter` owns the connection, validates every read and publishes typed
+readings into `Latest` holders stamped with the estimated time their window closed.
 """
 
 import asyncio
 import logging
-import math
 import socket
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from prometheus_client.core import Metric
 from pymodbus.client import AsyncModbusTcpClient
@@ -31,15 +30,19 @@ from watti_watchman.domain.janitza import (
     reading_from_values,
     rejection_reason,
 )
+from watti_watchman.domain.janitza_timing import (
+    POLL_MODES,
+    ChangeEstimate,
+    PhaseLockedSchedule,
+    PollSchedule,
+    ReadTiming,
+)
 from watti_watchman.domain.quantities import Quantity, QuantityValues
 from watti_watchman.domain.readings import PowerSample
 from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Latest
 from watti_watchman.metrics import Families, Histogram
 from watti_watchman.supervisor import Backoff, reraise_swallowed_cancel, supervise
-
-PollMode = Literal["searching", "phase_locked", "fixed"]
-POLL_MODES: tuple[PollMode, ...] = ("searching", "phase_locked", "fixed")
 
 EXCEPTION_NAMES = {
     0x01: "illegal function",
@@ -70,213 +73,6 @@ class JanitzaReadError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-# --- when to read ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ReadTiming:
-    """When one read was sent and its reply arrived (monotonic s) and what it showed."""
-
-    sent_s: float
-    arrived_s: float
-    new_window: bool | None
-    """True: values differ from the previous usable read; False: the same; None: unusable reply."""
-
-
-class PollSchedule(Protocol):
-    """Decides when the next read is due from what earlier reads showed."""
-
-    mode: PollMode
-
-    def next_read_at(self) -> float:
-        """Monotonic time (s) of the next read; in the past means now."""
-        ...
-
-    def observe(self, read: ReadTiming) -> float | None:
-        """Learn from one read; for a new window, the estimated time (s) its values appeared."""
-        ...
-
-
-class FixedSchedule:
-    """Blind polling every `interval_s`, start to start (the baseline phase locking is measured against)."""
-
-    mode: PollMode = "fixed"
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        self._last: ReadTiming | None = None
-        self._last_usable: ReadTiming | None = None
-
-    def next_read_at(self) -> float:
-        """Monotonic time (s) of the next read."""
-        return -math.inf if self._last is None else self._last.sent_s + self.interval_s
-
-    def observe(self, read: ReadTiming) -> float | None:
-        """Record the read; a new window appeared, on average, midway since the previous read."""
-        previous, self._last = self._last_usable, read
-        if read.new_window is None:
-            return None
-        self._last_usable = read
-        if not read.new_window or previous is None:
-            return None
-        return (previous.sent_s + read.arrived_s) / 2
-
-
-class PhaseLockedSchedule:
-    """Reads just after each expected refresh of a meter that refreshes every `period_s`.
-
-    Keeps a bracket [lo, hi] (monotonic s) around the next value change: a read that still shows
-    the old values raises lo, one that shows new values bounds hi. While the bracket is wider than
-    `target_width_s` one read per window bisects it; the data read comes `margin_s` after hi. The
-    bracket widens by `drift_s` per window so slow drift (the window follows grid frequency) is
-    followed. Falls back to fixed polling when the values do not change regularly.
-    """
-
-    def __init__(
-        self,
-        period_s: float,
-        *,
-        margin_s: float = 0.002,
-        target_width_s: float = 0.002,
-        drift_s: float = 0.0005,
-        search_timeout_s: float | None = None,
-        fixed_hold_s: float = 30.0,
-    ) -> None:
-        self.period_s = period_s
-        self.margin_s = margin_s
-        self.target_width_s = target_width_s
-        self.drift_s = drift_s
-        self.search_timeout_s = search_timeout_s if search_timeout_s is not None else 10 * period_s
-        self.fixed_hold_s = fixed_hold_s
-        self.mode: PollMode = "searching"
-        self.slips = 0
-        """Times the values changed outside the predicted bracket (lock lost for a window)."""
-        self._last: ReadTiming | None = None
-        self._last_usable: ReadTiming | None = None
-        self._lo_s = 0.0
-        self._hi_s = 0.0
-        self._probes = 0
-        self._recent_slips = 0
-        self._clean_windows = 0
-        self._search_since_s: float | None = None
-        self._fixed_until_s = 0.0
-        self._consecutive_new = 0
-
-    @property
-    def bracket_width_s(self) -> float | None:
-        """Width (s) of the bracket around the next change while locked, else None."""
-        return self._hi_s - self._lo_s if self.mode == "phase_locked" else None
-
-    def next_read_at(self) -> float:
-        """Monotonic time (s) of the next read; in the past means now."""
-        last = self._last
-        if last is None:
-            return -math.inf
-        earliest = last.sent_s + (self.period_s / 2 if last.new_window is None else 0.001)
-        if self.mode == "fixed":
-            planned = last.sent_s + self.period_s
-        elif self.mode == "searching":
-            planned = last.sent_s + self.period_s / 2
-        elif self._hi_s - self._lo_s > self.target_width_s and self._probes == 0:
-            planned = (self._lo_s + self._hi_s) / 2
-        else:
-            planned = self._hi_s + self.margin_s
-        return max(planned, earliest)
-
-    def observe(self, read: ReadTiming) -> float | None:
-        """Learn from one read; for a new window, the estimated time (s) its values appeared."""
-        previous = self._last_usable
-        self._last = read
-        if read.new_window is None:
-            return None
-        self._last_usable = read
-        if self._search_since_s is None:
-            self._search_since_s = read.arrived_s
-        if previous is None:
-            return None
-        if self.mode == "phase_locked":
-            return self._observe_locked(previous, read)
-        if self.mode == "searching":
-            return self._observe_searching(previous, read)
-        return self._observe_fixed(previous, read)
-
-    def _observe_searching(self, previous: ReadTiming, read: ReadTiming) -> float | None:
-        if read.new_window:
-            if read.arrived_s - previous.sent_s <= 0.75 * self.period_s:
-                self._lock(previous.sent_s, read.arrived_s)
-            return (previous.sent_s + read.arrived_s) / 2
-        if self._search_since_s is not None and read.arrived_s - self._search_since_s > self.search_timeout_s:
-            self._enter_fixed(until_s=read.arrived_s)
-        return None
-
-    def _observe_fixed(self, previous: ReadTiming, read: ReadTiming) -> float | None:
-        self._consecutive_new = self._consecutive_new + 1 if read.new_window else 0
-        if self._consecutive_new >= 3 and read.arrived_s >= self._fixed_until_s:
-            self.mode = "searching"
-            self._search_since_s = read.arrived_s
-        return (previous.sent_s + read.arrived_s) / 2 if read.new_window else None
-
-    def _observe_locked(self, previous: ReadTiming, read: ReadTiming) -> float | None:
-        if read.sent_s - previous.arrived_s > 2 * self.period_s:
-            self._reproject(read)
-            return None
-        if read.new_window:
-            lo_s, hi_s = max(self._lo_s, previous.sent_s), min(self._hi_s, read.arrived_s)
-            if lo_s > hi_s:
-                lo_s, hi_s = previous.sent_s, read.arrived_s
-                self._slip(read)
-            else:
-                self._clean_window()
-            if self.mode == "phase_locked":
-                self._advance(lo_s, hi_s)
-            return (lo_s + hi_s) / 2
-        if read.sent_s > self._hi_s:
-            self._slip(read)
-            self._lo_s, self._hi_s = read.sent_s, read.sent_s + self.period_s / 8
-            self._probes = 0
-        else:
-            self._lo_s = max(self._lo_s, read.sent_s)
-            self._probes += 1
-        return None
-
-    def _lock(self, lo_s: float, hi_s: float) -> None:
-        self.mode = "phase_locked"
-        self._recent_slips = 0
-        self._clean_windows = 0
-        self._advance(lo_s, hi_s)
-
-    def _advance(self, lo_s: float, hi_s: float) -> None:
-        """Predict the next change from the bracket of the one just seen."""
-        self._lo_s = lo_s + self.period_s - self.drift_s
-        self._hi_s = hi_s + self.period_s + self.drift_s
-        self._probes = 0
-
-    def _reproject(self, read: ReadTiming) -> None:
-        """After a long pause: carry the bracket forward to the first change after `read`."""
-        windows = math.ceil((read.arrived_s - self._hi_s) / self.period_s)
-        if windows > 0:
-            self._lo_s += windows * (self.period_s - self.drift_s)
-            self._hi_s += windows * (self.period_s + self.drift_s)
-        self._probes = 0
-
-    def _slip(self, read: ReadTiming) -> None:
-        self.slips += 1
-        self._recent_slips += 1
-        self._clean_windows = 0
-        if self._recent_slips >= 3:
-            self._enter_fixed(until_s=read.arrived_s + self.fixed_hold_s)
-
-    def _clean_window(self) -> None:
-        self._clean_windows += 1
-        if self._clean_windows >= 10:
-            self._recent_slips = 0
-
-    def _enter_fixed(self, until_s: float) -> None:
-        self.mode = "fixed"
-        self._fixed_until_s = until_s
-        self._consecutive_new = 0
 
 
 # --- one connection -------------------------------------------------------------------------------
@@ -382,7 +178,8 @@ async def read_meter(config: JanitzaConfig) -> JanitzaReading:
 
 
 class JanitzaMeter:
-    """Polls one Janitza meter, publishing `reading` and `power` with the reply's arrival time."""
+    """Polls one Janitza meter, publishing `reading` and `power` stamped with the estimated time
+    their window closed (`close_uncertainty_s` is its half-width)."""
 
     def __init__(self, config: JanitzaConfig, *, clock: Clock = monotonic) -> None:
         self.name = config.name
@@ -393,6 +190,8 @@ class JanitzaMeter:
         self.quantities: tuple[Quantity, ...] = QUANTITIES
         self.values: Latest[QuantityValues] = Latest(clock)
         self.schedule: PollSchedule = PhaseLockedSchedule(config.interval)
+        self.close_uncertainty_s: float | None = None
+        """Half-width (s) of the estimate of the newest published window's close time."""
         self._logger = logging.getLogger(f"watti_watchman.janitza.{config.name}")
         self._failures = FailureLog(self._logger, clock)
         self._backoff = Backoff(initial_s=min(0.2, config.interval), cap_s=10.0)
@@ -412,7 +211,7 @@ class JanitzaMeter:
         self._families = Families()
         self._sample_age = Histogram(
             "watti_janitza_sample_age_seconds",
-            "Time from the estimated refresh of the meter's values to the arrival of the reply (s)",
+            "Time from the estimated close of the meter's window to the arrival of the reply (s)",
             config.name,
             SAMPLE_AGE_BUCKETS_S,
         )
@@ -471,14 +270,19 @@ class JanitzaMeter:
             return
         new_window = values != self._last_values
         self._last_values = values
-        changed_at_s = self.schedule.observe(ReadTiming(sent_s, arrived_s, new_window))
+        estimate = self.schedule.observe(ReadTiming(sent_s, arrived_s, new_window))
         self._failures.success(f"{self.name}: reading again")
         self._backoff.reset()
         if new_window:
-            self._count_window(arrived_s, changed_at_s)
+            self._count_window(arrived_s, estimate)
         elif not self._confirms_static_values(arrived_s):
             self.decode_seconds += time.perf_counter() - decode_started
             return
+        if estimate is None:  # the first read, or unchanged values confirmed: within the last window
+            half_s = self.config.interval / 2
+            estimate = ChangeEstimate(arrived_s - half_s, half_s)
+        at_s = min(arrived_s, estimate.at_s)
+        self.close_uncertainty_s = estimate.uncertainty_s
         reading = reading_from_values(values, self.config.invert, previous=self._last_published)
         if reading.energy_regressed:
             self.energy_regressions += 1
@@ -486,24 +290,26 @@ class JanitzaMeter:
                 "energy counters went backwards (meter power loss?): %s", sorted(reading.energy_regressed)
             )
         self._last_published = reading
-        self.reading.publish(reading, arrived_s)
-        self.power.publish(reading.power_sample(), arrived_s)
-        self.values.publish(quantity_values(reading), arrived_s)
+        self.reading.publish(reading, at_s)
+        self.power.publish(reading.power_sample(), at_s)
+        self.values.publish(quantity_values(reading), at_s)
         self.decode_seconds += time.perf_counter() - decode_started
 
     def _confirms_static_values(self, arrived_s: float) -> bool:
         """Unchanged values are republished only when the meter shows no regular refresh."""
         newest = self.reading.snapshot()
-        return newest is None or arrived_s - newest.at_s >= 1.5 * self.config.interval
+        if newest is None:
+            return True
+        return self.schedule.mode == "fixed" and arrived_s - newest.at_s >= 1.5 * self.config.interval
 
-    def _count_window(self, arrived_s: float, changed_at_s: float | None) -> None:
+    def _count_window(self, arrived_s: float, estimate: ChangeEstimate | None) -> None:
         self.new_windows += 1
         if self._last_new_window_s is not None:
             windows = round((arrived_s - self._last_new_window_s) / self.config.interval)
             self.missed_windows += max(0, windows - 1)
         self._last_new_window_s = arrived_s
-        if changed_at_s is not None:
-            age_s = max(0.0, arrived_s - changed_at_s)
+        if estimate is not None:
+            age_s = max(0.0, arrived_s - estimate.at_s)
             self.sample_ages_s.append(age_s)
             self._sample_age.observe(age_s)
 
@@ -543,15 +349,45 @@ class JanitzaMeter:
         yield from self._sample_age.collect()
         mode = families.gauge("watti_janitza_poll_mode", "1 for the current polling mode", ("name", "mode"))
         yield mode.set(([name, m], 1.0 if self.schedule.mode == m else 0.0) for m in POLL_MODES)
-        width_s = getattr(self.schedule, "bracket_width_s", None)
-        if width_s is not None:
-            width = families.gauge(
-                "watti_janitza_refresh_phase_uncertainty_seconds",
-                "Width of the time bracket around the meter's next expected refresh (s)",
-            )
-            yield width.one(width_s, name)
+        yield from self._tracking_metrics()
         connected = families.gauge("watti_janitza_connected", "1 while the TCP connection is open")
         yield connected.one(1.0 if self.connected else 0.0, name)
+
+    def _tracking_metrics(self) -> Iterable[Metric]:
+        """Estimated period, implied grid frequency, bracket, close-time uncertainty, slips."""
+        families, name, schedule = self._families, self.name, self.schedule
+        gauges: list[tuple[str, str, float | None]] = [
+            (
+                "watti_janitza_window_close_uncertainty_seconds",
+                "Half-width of the estimated close time of the newest published window (s)",
+                self.close_uncertainty_s,
+            )
+        ]
+        if isinstance(schedule, PhaseLockedSchedule):
+            gauges += [
+                (
+                    "watti_janitza_refresh_phase_uncertainty_seconds",
+                    "Time between the probe and the data read around the next expected refresh (s)",
+                    schedule.bracket_width_s,
+                ),
+                ("watti_janitza_refresh_period_seconds", "Estimated refresh period (s)", schedule.period_s),
+                (
+                    "watti_janitza_refresh_implied_frequency_hertz",
+                    "Grid frequency the estimated refresh period implies (10 cycles per 200 ms window)",
+                    schedule.implied_frequency_hz,
+                ),
+            ]
+            slips = families.counter(
+                "watti_janitza_refresh_slips", "Reads that contradicted the predicted refresh"
+            )
+            yield slips.one(schedule.slips, name)
+            reacquisitions = families.counter(
+                "watti_janitza_refresh_reacquisitions", "Phase jumps after which the refresh was re-acquired"
+            )
+            yield reacquisitions.one(schedule.reacquisitions, name)
+        for metric, help_text, value in gauges:
+            if value is not None:
+                yield families.gauge(metric, help_text).one(value, name)
 
     def status(self) -> Mapping[str, Any]:
         """JSON-able summary for /api/status."""
@@ -570,6 +406,9 @@ class JanitzaMeter:
             "power_w": None if reading is None else round(reading.power_total_w, 1),
             "power_phases_w": None if reading is None else [round(p, 1) for p in reading.power_w],
             "poll_mode": self.schedule.mode,
+            "refresh_period_ms": round(self.schedule.period_s * 1000, 3)
+            if isinstance(self.schedule, PhaseLockedSchedule)
+            else None,
             "sample_age_p50_ms": round(ages_ms[len(ages_ms) // 2], 1) if ages_ms else None,
             "reads": self.reads,
             "reconnects": self.reconnects,

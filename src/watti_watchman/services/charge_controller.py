@@ -108,7 +108,7 @@ class ChargeController:
         self.families = Families()
         self._latency = Histogram(
             "watti_controller_decision_latency_seconds",
-            "Grid sample arrival to setpoint write done (s)",
+            "Estimated close of the grid meter window to setpoint write done (s; polling delay included)",
             config.name,
             LATENCY_BUCKETS_S,
         )

@@ -15,6 +15,7 @@ from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.config.resolve import ResolvedConfig
 from watti_watchman.sim.generic_site import generic_site
 from watti_watchman.sim.janitza_server import JanitzaServer
+from watti_watchman.sim.meter_clock import FIELD, MeterTiming, meter_clocks
 from watti_watchman.sim.plant import ACTUATOR_ERROR, PRESETS, Installation, Plant, PlantConfig, Profile
 from watti_watchman.sim.scenario import load_scenario
 from watti_watchman.sim.venus import VenusEmulator
@@ -69,18 +70,22 @@ async def simulated_site(
     plant_preset: str = "medium",
     run_plant: bool = True,
     installation: Installation = ACTUATOR_ERROR,
+    timing: MeterTiming = FIELD,
 ) -> AsyncIterator[SimulatedSite]:
     """Start the simulated peers against the broker at 127.0.0.1:`mqtt_port`; the plant runs as a task.
 
     With `run_plant` False the meters serve whatever the caller sets (latency measurements). The
-    default installation has a Multi with an actuator error the trim must remove, and a BMS.
+    default installation has a Multi with an actuator error the trim must remove, and a BMS. The
+    meters' windows move as `timing` says (default: the field's frequency wander and jitter).
     """
+    config = PlantConfig(
+        inverter=PRESETS[plant_preset], installation=installation, initial_soc_percent=initial_soc_percent
+    )
     plant = Plant(
-        PlantConfig(
-            inverter=PRESETS[plant_preset], installation=installation, initial_soc_percent=initial_soc_percent
-        ),
+        config,
         load,
         pv,
+        window_clocks=meter_clocks(timing, config.grid_window_offset_s, config.battery_window_offset_s),
     )
     zero = [0.0] * 39
     grid_server = JanitzaServer(zero, unit=GRID_UNIT)
@@ -91,7 +96,7 @@ async def simulated_site(
     venus = VenusEmulator(connection, PORTAL_ID, bms_limits=installation.bms)
     if installation.bms:
         venus.set_bms_limits(plant.config.bms_max_charge_current_a, plant.config.bms_max_discharge_current_a)
-    world = RealTimePlant(plant, grid_server, battery_server, venus)
+    world = RealTimePlant(plant, grid_server, battery_server, venus, frequency=timing.frequency)
     site = SimulatedSite(mqtt_port, grid_server, battery_server, venus, world)
     tasks = [asyncio.create_task(venus.run(), name="venus")]
     await venus.session.connected.wait()  # a real GX is up before the service starts

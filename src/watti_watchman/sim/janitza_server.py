@@ -2,10 +2,14 @@
 
 Speaks Modbus TCP (gateway mode) or RTU frames over TCP (transparent bridge) and can inject
 the faults seen in the field: slow replies, exception responses, oversized replies, garbage values.
+When the values change on the meter's own clock (`sim/meter_clock.py`, driven by `sim/world.py` or
+a benchmark), the server records the true time of every change and of every request: the
+independent reference that polling delay is measured against.
 """
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Literal, Self
@@ -17,10 +21,13 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 
 from watti_watchman.broker import free_port
+from watti_watchman.clock import Clock, monotonic
 from watti_watchman.domain.janitza import JANITZA_START_ADDRESS, JANITZA_VALUE_COUNT, encode_values
 
 Framing = Literal["tcp", "rtu_over_tcp"]
 HOLDING_REGISTER_READ = 3
+HISTORY = 100_000
+"""Change and request times kept (about 2.7 h of windows, 1.5 h of requests at 20/s)."""
 
 _FRAMERS: dict[Framing, FramerType] = {"tcp": FramerType.SOCKET, "rtu_over_tcp": FramerType.RTU}
 
@@ -28,7 +35,7 @@ _FRAMERS: dict[Framing, FramerType] = {"tcp": FramerType.SOCKET, "rtu_over_tcp":
 class _JanitzaRegisters(ModbusServerContext):
     """The register image and fault switches, answering pymodbus' datastore calls."""
 
-    def __init__(self, values: Sequence[float], unit: int, start_address: int) -> None:
+    def __init__(self, values: Sequence[float], unit: int, start_address: int, clock: Clock) -> None:
         # The base initialiser builds pymodbus' deprecated device tables, which are not used here.
         self.old_simulator = True
         self.simdevices = []
@@ -42,6 +49,8 @@ class _JanitzaRegisters(ModbusServerContext):
         self.exceptions_left = 0
         self.requests = 0
         self.answers = 0
+        self.clock = clock
+        self.requested_at_s: deque[float] = deque(maxlen=HISTORY)
 
     def device_ids(self) -> list[int]:
         """The one unit id this device answers."""
@@ -54,6 +63,7 @@ class _JanitzaRegisters(ModbusServerContext):
         if device_id != self.unit:
             raise NoSuchIdException(f"unit {device_id} is not {self.unit}")
         self.requests += 1
+        self.requested_at_s.append(self.clock())
         try:
             return await self._answer(func_code, address, count)
         finally:
@@ -92,12 +102,15 @@ class JanitzaServer:
         unit: int = 1,
         port: int | None = None,
         start_address: int = JANITZA_START_ADDRESS,
+        clock: Clock = monotonic,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port(self.host)
         self.framing: Framing = framing
         self.connections = 0
-        self._registers = _JanitzaRegisters(values, unit, start_address)
+        self._registers = _JanitzaRegisters(values, unit, start_address, clock)
+        self.changed_at_s: deque[float] = deque(maxlen=HISTORY)
+        """True time (s, the server's clock) of every change of the served values."""
         self._server: ModbusTcpServer | None = None
         logging.getLogger("pymodbus.logging").setLevel(logging.CRITICAL)
 
@@ -122,6 +135,11 @@ class JanitzaServer:
         return self._registers.answers
 
     @property
+    def requested_at_s(self) -> deque[float]:
+        """Arrival time (s, the server's clock) of every read request."""
+        return self._registers.requested_at_s
+
+    @property
     def is_running(self) -> bool:
         """True while listening."""
         return self._server is not None
@@ -130,6 +148,8 @@ class JanitzaServer:
         """Serve `values` (39 floats, NaN/Inf allowed) from the next request on; call from the loop."""
         if len(values) != JANITZA_VALUE_COUNT:
             raise ValueError(f"a Janitza block has {JANITZA_VALUE_COUNT} values, got {len(values)}")
+        if tuple(values) != self._registers.values:
+            self.changed_at_s.append(self._registers.clock())
         self._registers.values = tuple(values)
 
     def delay_responses(self, seconds: float, count: int = 1) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from watti_watchman.domain.readings import PHASES, BatteryStatus, Phase, PowerSample
+from watti_watchman.sim.meter_clock import WindowClock
 
 PhaseTriple = tuple[float, float, float]
 Profile = Callable[[float], PhaseTriple]
@@ -116,18 +117,24 @@ class MeterWindow:
 
 
 class _WindowMeter:
-    """Averages per-phase power over fixed windows starting at `offset_s`."""
+    """Averages per-phase power over fixed windows starting at `offset_s`, or over the windows of
+    a meter clock (`sim/meter_clock.py`) when one is given."""
 
-    def __init__(self, kind: MeterKind, window_s: float, offset_s: float, start_s: float) -> None:
+    def __init__(
+        self, kind: MeterKind, window_s: float, offset_s: float, start_s: float, clock: WindowClock | None
+    ) -> None:
         self.kind = kind
         self.window_s = window_s
         self.offset_s = offset_s
-        self.index = math.floor((start_s - offset_s) / window_s) + 1
+        self.clock = clock
+        self.index = clock.index_after(start_s) if clock else math.floor((start_s - offset_s) / window_s) + 1
         self.energy = [0.0, 0.0, 0.0]
         self.duration_s = 0.0
 
     @property
     def next_end_s(self) -> float:
+        if self.clock is not None:
+            return self.clock.close_s(self.index)
         return self.offset_s + self.index * self.window_s
 
     def add(self, power: PhaseTriple, h_s: float) -> None:
@@ -148,7 +155,12 @@ class Plant:
     """The simulated house; deterministic, advanced explicitly by `advance`."""
 
     def __init__(
-        self, config: PlantConfig, load: Profile, pv: Profile | None = None, start_s: float = 0.0
+        self,
+        config: PlantConfig,
+        load: Profile,
+        pv: Profile | None = None,
+        start_s: float = 0.0,
+        window_clocks: Mapping[MeterKind, WindowClock] | None = None,
     ) -> None:
         self.config = config
         self._load = load
@@ -158,9 +170,12 @@ class Plant:
         self.battery_w: list[float] = [0.0, 0.0, 0.0]
         self._target_w: list[float] = [0.0, 0.0, 0.0]
         self._pending: deque[tuple[float, PhaseTriple]] = deque()
+        clocks = window_clocks or {}
         self._meters = (
-            _WindowMeter("grid", config.window_s, config.grid_window_offset_s, start_s),
-            _WindowMeter("battery", config.window_s, config.battery_window_offset_s, start_s),
+            _WindowMeter("grid", config.window_s, config.grid_window_offset_s, start_s, clocks.get("grid")),
+            _WindowMeter(
+                "battery", config.window_s, config.battery_window_offset_s, start_s, clocks.get("battery")
+            ),
         )
         self.import_wh = 0.0
         self.export_wh = 0.0
@@ -175,6 +190,10 @@ class Plant:
             )
         )
         self._pending.append((self.time_s + self.config.inverter.dead_time_s, (l1, l2, l3)))
+
+    def next_window_end_s(self) -> float:
+        """Plant time (s) the next meter window closes."""
+        return min(meter.next_end_s for meter in self._meters)
 
     def grid_w(self) -> PhaseTriple:
         """Instantaneous grid power per phase (W, + = import)."""

@@ -5,8 +5,11 @@ deliveries, the controller's own timeouts, trace samples) and the clock every co
 plant's time, so a 30 s scenario runs in a fraction of a second. Controllers:
 
 - `watti`: the production `ChargeController` task, fed through `Latest` holders exactly like the
-  meters do (each window published on arrival, `Latencies.grid_read_s` / `battery_read_s` after it
-  ends, as the phase-locked poller reads it); its writes reach the inverter `write_s` later.
+  meters do: each meter is read by the production `PhaseLockedSchedule` in virtual time (reads
+  take `Latencies.read_s`, start up to a random scheduling delay late, see the window the meter
+  shows mid-way), and a new window is published on arrival stamped with its estimated close time.
+  The meters' windows move as `RunOptions.timing` says (frequency wander, jitter, phase jumps), so
+  the figures include the poller's timing losses. Its writes reach the inverter `write_s` later.
 - `reference`: the original project's loop (`domain/reference_law.py`): each meter polled blindly
   every 100 ms at its own random phase, SOC every 10 s, a recompute on any update at most every
   200 ms with whatever values are newest (no alignment, no failsafe, no trim, no deadband).
@@ -32,12 +35,14 @@ from typing import Any, Literal, Protocol, TypeVar
 from prometheus_client.core import Metric
 
 from watti_watchman.config.services import ChargeControllerConfig
+from watti_watchman.domain.janitza_timing import PhaseLockedSchedule, ReadTiming
 from watti_watchman.domain.limits import BmsTracking, PowerLimits, SocTable, power_limits, track_bms
 from watti_watchman.domain.readings import PHASES, BatteryStatus, PhaseSetpoints, PowerSample
 from watti_watchman.domain.reference_law import reference_setpoints
 from watti_watchman.latest import Latest, Stamped
 from watti_watchman.services.charge_controller import ChargeController, law_parameters
-from watti_watchman.sim.plant import PRESETS, Installation, MeterWindow, Plant, PlantConfig
+from watti_watchman.sim.meter_clock import FIELD, MeterTiming, meter_clocks
+from watti_watchman.sim.plant import PRESETS, Installation, MeterKind, MeterWindow, Plant, PlantConfig
 from watti_watchman.sim.scenario import Scenario
 
 T = TypeVar("T")
@@ -51,22 +56,25 @@ REFERENCE_SOC_POLL_S = 10.0
 
 @dataclass(frozen=True, slots=True)
 class Latencies:
-    """Software and communication delays of our loop (s): meter window end → value in its holder,
-    setpoint write → the inverter acting on it (its own dead time comes on top)."""
+    """Software and communication delays of our loop (s): one Modbus read's round trip, the mean
+    extra delay before a planned read goes out (task scheduling), setpoint write → the inverter
+    acting on it (its own dead time comes on top)."""
 
-    grid_read_s: float = 0.002
-    battery_read_s: float = 0.002
+    read_s: float = 0.002
+    wake_s: float = 0.0005
     write_s: float = 0.005
 
 
 @dataclass(frozen=True, slots=True)
 class RunOptions:
-    """How a scenario is run: pre-roll held at the t = 0 values (s), trace period (s), random seed."""
+    """How a scenario is run: pre-roll held at the t = 0 values (s), trace period (s), random seed,
+    delays, and how the meters' windows move."""
 
     pre_roll_s: float = 5.0
     trace_s: float = 0.01
     seed: int = 1
     latencies: Latencies = Latencies()
+    timing: MeterTiming = FIELD
 
 
 def default_controller_config(**overrides: Any) -> ChargeControllerConfig:
@@ -170,14 +178,6 @@ class VirtualLoop:
         else:
             self.schedule(self.now_s() + delay_s, arrive)
 
-    def _next_window_end_s(self) -> float:
-        config, now_s = self.plant.config, self.now_s()
-        ends = []
-        for offset_s in (config.grid_window_offset_s, config.battery_window_offset_s):
-            index = math.floor((now_s - offset_s) / config.window_s + EPSILON_S) + 1
-            ends.append(offset_s + index * config.window_s)
-        return min(ends)
-
     async def run(self, agent: Agent, until_s: float, on_zero: Callable[[], None] | None = None) -> Trace:
         """Run plant and agent to plant time `until_s`; scoring starts at t = 0 (`on_zero` runs then)."""
         agent.start()
@@ -199,7 +199,7 @@ class VirtualLoop:
                 next_trace_s,
                 0.0 if now_s < -EPSILON_S else math.inf,
                 self._events[0][0] if self._events else math.inf,
-                self._next_window_end_s(),
+                self.plant.next_window_end_s(),
                 max(agent.wake_s(), now_s),
             )
             if stop_s > now_s + EPSILON_S:
@@ -322,15 +322,72 @@ class _Battery:
         return {}
 
 
-class WattiAgent:
-    """The production `ChargeController` task, its meters fed by the loop with `latencies`."""
+class PolledMeter:
+    """One meter as `JanitzaMeter` reads it, in virtual time: the production schedule decides when
+    to read; a read sees the newest window closed half a round trip after it was sent."""
 
-    def __init__(self, loop: VirtualLoop, config: ChargeControllerConfig, latencies: Latencies) -> None:
+    def __init__(
+        self, loop: VirtualLoop, power: Latest[PowerSample], latencies: Latencies, rng: random.Random
+    ) -> None:
         self._loop = loop
+        self._power = power
         self._latencies = latencies
+        self._rng = rng
+        self.schedule = PhaseLockedSchedule(loop.plant.config.window_s)
+        self.reads = 0
+        self._windows: list[MeterWindow] = []
+        self._last_seen = -1
+        self.on_publish: Callable[[], None] = lambda: None
+
+    def start(self) -> None:
+        """Plan the first read."""
+        self._plan()
+
+    def window_closed(self, window: MeterWindow) -> None:
+        """The meter's registers hold `window` from now on."""
+        self._windows.append(window)
+
+    def _plan(self) -> None:
+        at_s = max(self._loop.now_s(), self.schedule.next_read_at())
+        at_s += self._rng.expovariate(1 / self._latencies.wake_s) if self._latencies.wake_s > 0 else 0.0
+        self._loop.schedule(at_s, self._send)
+
+    def _send(self) -> None:
+        sent_s = self._loop.now_s()
+        self._loop.schedule(sent_s + self._latencies.read_s / 2, lambda: self._sample(sent_s))
+
+    def _sample(self, sent_s: float) -> None:
+        shown = len(self._windows) - 1
+        self._loop.schedule(sent_s + self._latencies.read_s, lambda: self._arrive(sent_s, shown))
+
+    def _arrive(self, sent_s: float, shown: int) -> None:
+        arrived_s = self._loop.now_s()
+        self.reads += 1
+        new_window = shown != self._last_seen
+        self._last_seen = shown
+        estimate = self.schedule.observe(ReadTiming(sent_s, arrived_s, new_window))
+        if new_window and shown >= 0:
+            at_s = arrived_s - self._loop.plant.config.window_s / 2 if estimate is None else estimate.at_s
+            self._power.publish(self._windows[shown].sample, min(arrived_s, at_s))
+            self.on_publish()
+        self._plan()
+
+
+class WattiAgent:
+    """The production `ChargeController` task, its meters read by modelled pollers."""
+
+    def __init__(
+        self, loop: VirtualLoop, config: ChargeControllerConfig, latencies: Latencies, rng: random.Random
+    ) -> None:
+        self._loop = loop
         self.grid_power: ManualLatest[PowerSample] = ManualLatest(loop.now_s)
         self._battery_power: Latest[PowerSample] = Latest(loop.now_s)
         self.battery = _Battery(loop, latencies.write_s)
+        self.meters: dict[MeterKind, PolledMeter] = {
+            "grid": PolledMeter(loop, self.grid_power, latencies, rng),
+            "battery": PolledMeter(loop, self._battery_power, latencies, rng),
+        }
+        self.meters["battery"].on_publish = self._battery_status
         self.controller = ChargeController(
             config,
             SimulatedMeter("hak", self.grid_power),
@@ -341,22 +398,17 @@ class WattiAgent:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Publish the battery status and start the controller task."""
+        """Publish the battery status, start the pollers and the controller task."""
         self.battery.battery.publish(self._loop.plant.battery_status())
+        for meter in self.meters.values():
+            meter.start()
         self._task = asyncio.create_task(self.controller.run(), name="charge_controller")
 
     def on_window(self, window: MeterWindow) -> None:
-        """Publish the window when the poller would have read it."""
-        if window.meter == "grid":
-            self._loop.schedule(window.end_s + self._latencies.grid_read_s, lambda: self._grid(window))
-        else:
-            self._loop.schedule(window.end_s + self._latencies.battery_read_s, lambda: self._battery(window))
+        """The meter shows the window from now on; its poller reads it when it reads."""
+        self.meters[window.meter].window_closed(window)
 
-    def _grid(self, window: MeterWindow) -> None:
-        self.grid_power.publish(window.sample)
-
-    def _battery(self, window: MeterWindow) -> None:
-        self._battery_power.publish(window.sample)
+    def _battery_status(self) -> None:
         self.battery.battery.publish(self._loop.plant.battery_status())
 
     def wake_s(self) -> float:
@@ -513,8 +565,7 @@ class ReferenceAgent(_SyncAgent):
             return
         sample = self._windows.get(name)
         if sample is not None:
-            read_s = self._latencies.grid_read_s if name == "grid" else self._latencies.battery_read_s
-            self._loop.schedule(now_s + read_s, lambda: self._update(name, sample))
+            self._loop.schedule(now_s + self._latencies.read_s, lambda: self._update(name, sample))
 
     def _poll_soc(self) -> None:
         self._soc_percent = self._loop.plant.soc_percent
@@ -560,11 +611,20 @@ async def run_loop(
     def pv(t_s: float) -> tuple[float, float, float]:
         return scenario.pv_w(max(t_s, 0.0))
 
+    clocks = meter_clocks(
+        options.timing,
+        plant_config.grid_window_offset_s,
+        plant_config.battery_window_offset_s,
+        start_s=-options.pre_roll_s,
+    )
+    if controller == "meter_oracle":
+        clocks["battery"] = clocks["grid"]
     plant = Plant(
         dataclasses.replace(plant_config, initial_soc_percent=scenario.initial_soc_percent),
         load,
         pv,
         start_s=-options.pre_roll_s,
+        window_clocks=clocks,
     )
     loop = VirtualLoop(plant, options.trace_s)
 
@@ -576,7 +636,7 @@ async def run_loop(
 
     agent: Agent
     if controller == "watti":
-        watti = WattiAgent(loop, controller_config, options.latencies)
+        watti = WattiAgent(loop, controller_config, options.latencies, random.Random(options.seed))
         try:
             return await loop.run(watti, scenario.duration_s, reset_soc)
         finally:

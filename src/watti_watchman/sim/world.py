@@ -1,4 +1,8 @@
-"""The simulated plant in real time, wired to two Janitza Modbus servers and a Venus OS emulator."""
+"""The simulated plant in real time, wired to two Janitza Modbus servers and a Venus OS emulator.
+
+Each meter's windows close on its own clock (`sim/meter_clock.py`: grid-frequency wander, update
+jitter, phase jumps); the values reach the Modbus server at the close, to the millisecond.
+"""
 
 import asyncio
 import logging
@@ -9,6 +13,7 @@ from watti_watchman.clock import Clock, monotonic
 from watti_watchman.domain.janitza import JANITZA_VALUE_COUNT
 from watti_watchman.domain.readings import Phase, PowerSample
 from watti_watchman.sim.janitza_server import JanitzaServer
+from watti_watchman.sim.meter_clock import FrequencyProfile, steady
 from watti_watchman.sim.plant import MeterWindow, Plant
 from watti_watchman.sim.venus import VenusEmulator
 
@@ -17,6 +22,7 @@ NOMINAL_VOLTAGE_V = 230.0
 LINE_VOLTAGE_V = NOMINAL_VOLTAGE_V * math.sqrt(3)
 POLL_S = 0.005
 VENUS_INTERVAL_S = 0.1
+NOMINAL_FREQUENCY = steady(50.0)
 
 
 @dataclass
@@ -76,7 +82,8 @@ def janitza_values(sample: PowerSample, energy: EnergyCounters, frequency_hz: fl
 
 class RealTimePlant:
     """Runs `plant` against the wall clock: meter windows go to the Modbus servers when they end,
-    the Multi's setpoints come from the Venus emulator, the battery state goes back to it."""
+    the Multi's setpoints come from the Venus emulator, the battery state goes back to it.
+    `frequency` (Hz over plant time) goes into the meters' frequency register."""
 
     def __init__(
         self,
@@ -86,8 +93,10 @@ class RealTimePlant:
         venus: VenusEmulator,
         *,
         clock: Clock = monotonic,
+        frequency: FrequencyProfile = NOMINAL_FREQUENCY,
     ) -> None:
         self.plant = plant
+        self._frequency = frequency
         self._servers = {"grid": grid_server, "battery": battery_server}
         self._energy = {
             "grid": EnergyCounters.starting_at(4_000_000.0, 150_000.0),
@@ -101,7 +110,8 @@ class RealTimePlant:
     def _publish_window(self, window: MeterWindow) -> None:
         energy = self._energy[window.meter]
         energy.add(window.sample, self.plant.config.window_s)
-        self._servers[window.meter].set_values(janitza_values(window.sample, energy))
+        frequency_hz = self._frequency(window.end_s)
+        self._servers[window.meter].set_values(janitza_values(window.sample, energy, frequency_hz))
         self.last_windows[window.meter] = window
 
     def _sync_setpoints(self) -> None:
@@ -133,4 +143,5 @@ class RealTimePlant:
             if now_s >= next_venus_s:
                 next_venus_s = now_s + VENUS_INTERVAL_S
                 self._sync_venus()
-            await asyncio.sleep(POLL_S)
+            wake_s = min(self.plant.next_window_end_s(), now_s + POLL_S)
+            await asyncio.sleep(max(0.0, wake_s - (self._clock() - start_s)))

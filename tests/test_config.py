@@ -201,3 +201,16 @@ def test_readme_configuration_example_validates() -> None:
         "VictronGridFeeder",
         "HassFeeder",
     ]
+
+
+@pytest.mark.parametrize("page", ["ModbusMeter", "MqttMeter", "MqttBattery", "Seplos"])
+def test_device_page_examples_validate(page: str) -> None:
+    """Every YAML example of a device page that is a configuration (has `meters:`) validates."""
+    text = (ROOT / "docs" / "devices" / f"{page}.md").read_text()
+    examples = [block.split("```", 1)[0] for block in text.split("```yaml\n")[1:]]
+    configs = [example for example in examples if "meters:" in example]
+    assert configs, f"{page}.md has no complete example"
+    for example in configs:
+        resolved = parse_config(example, {})
+        assert page in {meter.type for meter in resolved.config.meters}
+    assert f"docs/devices/{page}.md" in (ROOT / "README.md").read_text()

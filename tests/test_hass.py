@@ -226,12 +226,14 @@ def test_allowed_table_and_state_rules() -> None:
     """The validator enforces PROTOCOLS §5; states carry no non-finite value and no counter regression."""
     check_sensor_classes("energy", "kWh", "total_increasing")
     check_sensor_classes("power_factor", None, "measurement")
+    check_sensor_classes("temperature", "°C", "measurement")
     for bad in (
         ("reactive_power", "VAr", "measurement"),
         ("energy", "Wh", "measurement"),
         ("power", "W", "total_increasing"),
         (None, None, "total_increasing"),
-        ("temperature", "°C", "measurement"),
+        ("temperature", "C", "measurement"),
+        ("pressure", "hPa", "measurement"),
     ):
         with pytest.raises(DiscoveryError):
             check_sensor_classes(*bad)
@@ -329,6 +331,31 @@ async def test_discovery_valid_complete_and_stable_across_restart(
             )
         second = recorder.configs(prefix)
         assert {t: p["unique_id"] for t, p in second.items()} == {t: p["unique_id"] for t, p in first.items()}
+
+
+async def test_a_cancellation_swallowed_inside_a_publish_still_stops_the_feeder(
+    mqtt_connection: MqttConnectionConfig, unique_id: str, clock: ManualClock
+) -> None:
+    """aiomqtt's wait_for may swallow our cancel (3.11); the loop must end anyway (CI teardown hang)."""
+    plant = make_plant(mqtt_connection, clock, unique_id)
+    publish_reading(plant.grid, reading())
+    feeder = fast(HassFeeder(feeder_config(unique_id), mqtt_connection, [plant.grid], []))
+    publish = feeder.session.publish
+    inside = asyncio.Event()
+
+    async def swallowing_publish(topic: str, payload: bytes | str, *, retain: bool = False) -> None:
+        await publish(topic, payload, retain=retain)
+        if topic.endswith("/state"):
+            inside.set()
+            with contextlib.suppress(asyncio.CancelledError):  # as wait_for when the cancel races
+                await asyncio.sleep(30)
+
+    feeder.session.publish = swallowing_publish  # type: ignore[method-assign]
+    task = asyncio.create_task(feeder.run())
+    await asyncio.wait_for(inside.wait(), 5)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=3)
+    assert task in done, "one cancel stops the feeder even when a publish swallowed it"
 
 
 async def test_birth_message_triggers_rediscovery_then_states(

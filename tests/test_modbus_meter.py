@@ -13,7 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.modbus_fixtures import load_janitza_sample
 from tests.support.waiting import wait_until
+from tests.test_cli import watti
+from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.config.register_map import SHIPPED_MAPS, load_register_map
+from watti_watchman.config.services import VictronGridFeederConfig
 from watti_watchman.domain.janitza import QUANTITIES_BY_KEY, encode_values
 from watti_watchman.domain.meter_values import meter_table, reading_from_values
 from watti_watchman.domain.quantities import format_values
@@ -28,7 +31,9 @@ from watti_watchman.domain.register_map import (
 from watti_watchman.meters.base import PowerMeter
 from watti_watchman.meters.modbus_meter import ModbusMeter, ModbusMeterConfig, ModbusReadError, read_once
 from watti_watchman.metrics import Exposition
+from watti_watchman.services.victron_grid import VictronGridFeeder
 from watti_watchman.sim.map_server import Framing, MapServer
+from watti_watchman.sim.venus import VenusEmulator
 
 SDM630 = load_register_map("eastron_sdm630")
 EM24 = load_register_map("carlo_gavazzi_em24")
@@ -261,3 +266,83 @@ async def test_read_once_names_a_wrong_function_code() -> None:
     async with MapServer(SDM630) as server:
         with pytest.raises(ModbusReadError, match="function_code"):
             await read_once(config_for(server, "janitza_umg604"))
+
+
+async def test_read_meter_and_check_from_the_command_line(tmp_path: Path) -> None:
+    """`read-meter` reads any mapped meter once through a bridge; `check` summarises it; a bad map exits 2."""
+    async with MapServer(SDM630, framing="rtu_over_tcp", unit=4) as server:
+        server.set_values(
+            {"power_l1": 1234.5, "power_total": 1234.5, "frequency": 50.0, "energy_import": 42000.0}
+        )
+        config = tmp_path / "watti_watchman.yml"
+        config.write_text(
+            "meters:\n  - type: ModbusMeter\n    name: sdm\n    host: 127.0.0.1\n"
+            f"    port: {server.port}\n    unit: 4\n    framing: rtu_over_tcp\n    map: eastron_sdm630\n"
+        )
+        code, out, err = await watti("read-meter", "sdm", "-c", str(config))
+        assert code == 0, err
+        assert "1234.5 W" in out
+        assert "42000 Wh" in out
+        code, out, _ = await watti("check", "-c", str(config))
+        assert code == 0
+        assert "eastron_sdm630 map at 127.0.0.1" in out
+    config.write_text(config.read_text().replace("map: eastron_sdm630", "map: nonexistent.yml"))
+    code, _, err = await watti("check", "-c", str(config))
+    assert code == 2
+    assert "meters[0].map" in err
+
+
+async def test_sdm630_feeds_the_venus_grid_meter(
+    mqtt_connection: MqttConnectionConfig, unique_id: str
+) -> None:
+    """The generic grid feeder writes a register-map meter's table to Venus OS (kWh, W, V, A, Hz)."""
+    async with MapServer(SDM630) as server:
+        server.set_values(
+            {
+                "power_l1": 800.0,
+                "power_l2": -300.0,
+                "power_l3": 100.0,
+                "power_total": 600.0,
+                "voltage_l1": 231.5,
+                "frequency": 50.02,
+                "energy_import": 1_234_567.0,
+                "energy_export": 89_000.0,
+            }
+        )
+        meter = ModbusMeter(config_for(server, "eastron_sdm630"))
+        feeder_config = VictronGridFeederConfig(
+            type="VictronGridFeeder",
+            mqtt_connection_name="test",
+            grid_meter_name="meter",
+            client_id=f"{unique_id}_grid",
+        )
+        feeder = VictronGridFeeder(feeder_config, mqtt_connection, meter)
+        feeder.provider.reply_timeout_s = 0.4
+        venus = VenusEmulator(mqtt_connection, unique_id, registration_delay_s=0.05)
+        tasks = [asyncio.create_task(component.run()) for component in (meter, venus, feeder)]
+        try:
+
+            def written() -> dict[str, float]:
+                """The newest numeric value written to each grid path."""
+                registered = venus.registrations()
+                if not registered:
+                    return {}
+                prefix = f"grid/{registered[0].instance}/"
+                return {
+                    w.path.removeprefix(prefix): float(w.value)
+                    for w in venus.grid_writes(registered[0].instance)
+                    if isinstance(w.value, int | float)
+                }
+
+            wanted = {"Ac/Power", "Ac/L2/Power", "Ac/L1/Voltage", "Ac/Frequency", "Ac/Energy/Forward"}
+            await wait_until(lambda: wanted <= written().keys(), 5.0, "grid")
+            values = written()
+            assert values["Ac/Power"] == pytest.approx(600.0, abs=0.05)
+            assert values["Ac/L2/Power"] == pytest.approx(-300.0, abs=0.05)
+            assert values["Ac/L1/Voltage"] == pytest.approx(231.5, abs=0.05)
+            assert values["Ac/Frequency"] == pytest.approx(50.02, abs=0.005)
+            assert values["Ac/Energy/Forward"] == pytest.approx(1234.567, abs=0.001)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -13,6 +13,8 @@ import pytest
 
 from tests.support.proxy import LoopbackProxy
 from tests.support.waiting import wait_until
+from watti_watchman.config.errors import ConfigError
+from watti_watchman.config.loader import parse_config
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.domain.readings import PhaseSetpoints
 from watti_watchman.meters.base import BatteryController, PowerMeter
@@ -171,3 +173,22 @@ async def test_feedback_power_and_soc_with_garbage_ignored(
         await wait_until(lambda: not battery.is_fresh(), 2.0, "feedback stale")
         await client.publish(power_topic, b"", retain=True)
         await client.publish(soc_topic, b"", retain=True)
+
+
+def test_as_battery_meter_it_needs_feedback_power() -> None:
+    """`check` refuses an MqttBattery without feedback.power as the controller's battery meter."""
+    text = """
+mqtt_connections: [{name: local, host: 127.0.0.1}]
+meters:
+  - {type: MqttMeter, name: grid, mqtt_connection_name: local, values: {power_total: {topic: g}}}
+  - {type: MqttBattery, name: inverter, mqtt_connection_name: local, setpoint_topic: s}
+services:
+  - type: ChargeController
+    grid_meter_name: grid
+    battery_meter_name: inverter
+    battery_controller_name: inverter
+"""
+    with pytest.raises(ConfigError, match=r"services\[0\]\.battery_meter_name: this meter delivers no power"):
+        parse_config(text, {})
+    fed = text.replace("setpoint_topic: s}", "setpoint_topic: s, feedback: {power: {topic: p}}}")
+    assert parse_config(fed, {}).config.services[0].name == "charge_controller"

@@ -5,12 +5,14 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
 
 from tests.support.waiting import wait_until
+from tests.test_cli import watti
 from watti_watchman.broker import free_port
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.domain.mqtt_payload import (
@@ -215,3 +217,24 @@ async def test_read_once_takes_a_retained_reading_or_says_what_is_missing(
     unreachable = mqtt_connection.model_copy(update={"port": free_port()})
     with pytest.raises(MqttReadError, match="cannot connect"):
         await read_once(config, unreachable, timeout_s=0.5)
+
+
+async def test_read_meter_command_reads_an_mqtt_meter(
+    mqtt_connection: MqttConnectionConfig, unique_id: str, tmp_path: Path
+) -> None:
+    topic = f"{unique_id}/tele/sml/SENSOR"
+    config = tmp_path / "watti_watchman.yml"
+    config.write_text(
+        "mqtt_connections:\n"
+        f"  - {{name: local, host: {mqtt_connection.host}, port: {mqtt_connection.port}}}\n"
+        "meters:\n  - type: MqttMeter\n    name: sml\n    mqtt_connection_name: local\n    max_age: 1\n"
+        f"    values:\n      power_total: {{topic: {topic}, path: SML.Power_curr}}\n"
+    )
+    async with aiomqtt.Client(
+        mqtt_connection.host, mqtt_connection.port, identifier=f"{unique_id}_pub"
+    ) as client:
+        await client.publish(topic, TASMOTA_SML, retain=True)
+        code, out, err = await watti("read-meter", "sml", "-c", str(config))
+        await client.publish(topic, b"", retain=True)
+    assert code == 0, err
+    assert "-432.0 W" in out

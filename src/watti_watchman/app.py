@@ -18,7 +18,14 @@ from watti_watchman.config.services import (
     VictronGridFeederConfig,
 )
 from watti_watchman.http import HttpServer, build_http_app
-from watti_watchman.meters.base import BatteryController, Component, GridMeter, Meter, PowerMeter
+from watti_watchman.meters.base import (
+    BatteryController,
+    BatteryMeter,
+    Component,
+    GridMeter,
+    Meter,
+    PowerMeter,
+)
 from watti_watchman.metrics import Exposition, Families
 from watti_watchman.registry import BuildContext, device_labels, device_type
 from watti_watchman.services.charge_controller import ChargeController
@@ -94,6 +101,9 @@ class Application:
             self._meter(config.grid_meter_name, PowerMeter),  # type: ignore[type-abstract]
             self._meter(config.battery_meter_name, PowerMeter),  # type: ignore[type-abstract]
             self._meter(config.battery_controller_name, BatteryController),  # type: ignore[type-abstract]
+            battery_status=None
+            if config.battery_status_meter_name is None
+            else self._meter(config.battery_status_meter_name, BatteryMeter),  # type: ignore[type-abstract]
             clock=self.clock,
             dry_run=self.dry_run,
         )

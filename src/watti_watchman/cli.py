@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.add_argument("--port", type=int, default=9292, help="HTTP port on 127.0.0.1 (0 = any free)")
     demo.add_argument("--scenario", default="demo", help="load scenario (default: %(default)s)")
+    demo.add_argument(
+        "--site",
+        choices=["victron", "generic"],
+        default="victron",
+        help="victron: Janitza meters + GX; generic: SDM630 + MQTT inverter + Seplos (default: %(default)s)",
+    )
     simulate = commands.add_parser(
         "simulate", parents=[global_opts], help="plant + control law faster than real time"
     )
@@ -144,7 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from watti_watchman.sim.demo import run_demo  # noqa: PLC0415
 
-        return asyncio.run(run_demo(duration_s=args.duration, port=args.port, scenario=args.scenario))
+        return asyncio.run(
+            run_demo(duration_s=args.duration, port=args.port, scenario=args.scenario, site=args.site)
+        )
     if args.command == "simulate":
         from watti_watchman.sim.simulate import run_simulate  # noqa: PLC0415
 

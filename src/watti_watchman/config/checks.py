@@ -98,6 +98,12 @@ def _check_controller(
             (*path, "battery_meter_name"),
             "the same meter as grid_meter_name: the house load (grid − battery) would always be 0",
         )
+    for key in METER_KEYS:
+        _, meter = meters.get(getattr(service, key), (-1, None))
+        if getattr(meter, "delivers_power", True) is False:  # a type whose power is optional, not configured
+            issues.error(
+                (*path, key), "this meter delivers no power as configured (MqttBattery: feedback.power)"
+            )
     for key in ("charge_limits", "discharge_limits"):
         _check_soc_table(issues, (*path, key), getattr(service, key))
     for index, phase in enumerate(service.phases):

@@ -277,6 +277,8 @@ def _message(error: ErrorDetails) -> str:
         return f"{what} must match {ctx.get('pattern')}"
     if kind in ("literal_error", "enum"):
         return f"expected {ctx.get('expected')}"
+    if kind == "value_error":  # a model's own check; its messages never quote the value
+        return str(ctx.get("error", "invalid value"))
     return "invalid value"
 
 

@@ -89,6 +89,10 @@ def resolve(config: WattiConfig, lines: dict[tuple[PathElem, ...], int] | None =
                 "setpoints",
                 "battery_status",
             )
+            if service.battery_status_meter_name is not None:
+                check_meter(
+                    (*path, "battery_status_meter_name"), service.battery_status_meter_name, "battery_status"
+                )
             if service.battery_controller_name in controlled:
                 issue(
                     (*path, "battery_controller_name"),

@@ -26,6 +26,10 @@ class ChargeControllerConfig(ConfigModel):
     grid_meter_name: Name
     battery_meter_name: Name
     battery_controller_name: Name
+    battery_status_meter_name: Name | None = Field(
+        default=None,
+        description="Meter delivering SOC and BMS limits (e.g. a Seplos BMS); default: battery controller.",
+    )
     target_setpoint: float = Field(default=0, ge=-50000, le=50000, description="Grid target (W, + = import).")
     mode: Literal["both", "charge", "discharge"] = "both"
     charge_limits: LimitTable = Field(

@@ -31,6 +31,7 @@ ALLOWED_SENSOR_CLASSES: Mapping[str, tuple[frozenset[str | None], frozenset[str]
     "frequency": (frozenset({"Hz"}), frozenset({"measurement"})),
     "energy": (frozenset({"Wh", "kWh", "MWh"}), frozenset({"total", "total_increasing"})),
     "battery": (frozenset({"%"}), frozenset({"measurement"})),
+    "temperature": (frozenset({"°C", "°F", "K"}), frozenset({"measurement"})),
 }
 """device_class → (allowed units, allowed state classes); units are case-sensitive."""
 

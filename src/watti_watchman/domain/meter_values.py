@@ -25,7 +25,6 @@ QuantityKey = Literal[
     "energy_export",
 ]
 PHASE_POWER_KEYS: tuple[QuantityKey, QuantityKey, QuantityKey] = ("power_l1", "power_l2", "power_l3")
-RejectReason = Literal["non_finite", "implausible", "no_power"]
 
 MAX_ABS_POWER_W = 1_000_000.0
 MAX_ABS_VOLTAGE_V = 1000.0
@@ -108,7 +107,6 @@ METER_QUANTITIES: tuple[Quantity, ...] = (
 )
 """Every quantity a generic meter can deliver, in presentation order."""
 
-QUANTITY_BY_KEY: dict[str, Quantity] = {q.key: q for q in METER_QUANTITIES}
 QUANTITY_KEYS: tuple[str, ...] = tuple(q.key for q in METER_QUANTITIES)
 VALID_RANGES: dict[str, tuple[float, float]] = {
     **{f"power_l{n}": _POWER for n in (1, 2, 3)},

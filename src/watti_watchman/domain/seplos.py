@@ -8,7 +8,7 @@ Protocol V2.0, sections 3.2 and 3.3).
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 SOI = ord("~")
@@ -283,7 +283,6 @@ class Alarms:
     """Names of the active alarm/protection bits, in table order."""
     discharge_switch_on: bool
     charge_switch_on: bool
-    raw_flags: bytes = field(repr=False)
 
     @property
     def charge_allowed(self) -> bool:
@@ -319,7 +318,7 @@ def decode_alarms(info: bytes) -> Alarms:
     )
     on_off = flags[6]
     return Alarms(
-        cells, temperatures, current_alarm, voltage_alarm, events, bool(on_off & 1), bool(on_off & 2), flags
+        cells, temperatures, current_alarm, voltage_alarm, events, bool(on_off & 1), bool(on_off & 2)
     )
 
 

@@ -3,12 +3,14 @@
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from watti_watchman.domain.meter_values import MeterReading
+from watti_watchman.metrics import Families
 
 
 def counter_families(
+    families: Families,
     prefix: str,
     name: str,
     counters: Iterable[tuple[str, str, float]],
@@ -17,24 +19,15 @@ def counter_families(
 ) -> Iterable[Metric]:
     """`<prefix>_<suffix>_total{name}` per (suffix, help, value); `<prefix>_errors_total{name,reason}`."""
     for suffix, help_text, value in counters:
-        family = CounterMetricFamily(f"{prefix}_{suffix}", help_text, labels=["name"])
-        family.add_metric([name], float(value))
-        yield family
-    family = CounterMetricFamily(
-        f"{prefix}_errors", "Failures and rejected data by reason", labels=["name", "reason"]
-    )
-    for reason in sorted(set(known) | set(errors)):
-        family.add_metric([name, reason], float(errors.get(reason, 0)))
-    yield family
+        yield families.counter(f"{prefix}_{suffix}", help_text).one(value, name)
+    family = families.counter(f"{prefix}_errors", "Failures and rejected data by reason", ("name", "reason"))
+    yield family.set(([name, reason], errors.get(reason, 0)) for reason in sorted(set(known) | set(errors)))
 
 
-def up_family(prefix: str, name: str, fresh: bool) -> Metric:
+def up_family(families: Families, prefix: str, name: str, fresh: bool) -> Metric:
     """`<prefix>_up{name}`: 1 while readings are fresh."""
-    up = GaugeMetricFamily(
-        f"{prefix}_up", "1 while readings are fresh (at most max_age old)", labels=["name"]
-    )
-    up.add_metric([name], 1.0 if fresh else 0.0)
-    return up
+    up = families.gauge(f"{prefix}_up", "1 while readings are fresh (at most max_age old)")
+    return up.one(1.0 if fresh else 0.0, name)
 
 
 def reading_status(reading: MeterReading | None) -> Mapping[str, Any]:

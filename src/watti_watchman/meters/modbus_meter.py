@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from functools import cached_property
 from typing import Any, Literal
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from pydantic import Field, field_validator
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
@@ -28,6 +28,7 @@ from watti_watchman.domain.register_map import ReadBlock, RegisterMap, decode_bl
 from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Latest
 from watti_watchman.meters.generic import counter_families, reading_status, up_family
+from watti_watchman.metrics import Families
 from watti_watchman.supervisor import Backoff, reraise_swallowed_cancel, supervise
 
 METRIC_PREFIX = "watti_modbus_meter"
@@ -199,6 +200,7 @@ class ModbusMeter:
 
     def __init__(self, config: ModbusMeterConfig, *, clock: Clock = monotonic) -> None:
         self.name = config.name
+        self._families = Families()
         self.config = config
         self._clock = clock
         self.reading: Latest[MeterReading] = Latest(clock)
@@ -275,13 +277,12 @@ class ModbusMeter:
 
     def collect_metrics(self) -> Iterable[Metric]:
         """Freshness, connection and counters (the values are exported from the table)."""
-        yield up_family(METRIC_PREFIX, self.name, self.is_fresh())
-        connected = GaugeMetricFamily(
-            f"{METRIC_PREFIX}_connected", "1 while the TCP connection is open", labels=["name"]
-        )
-        connected.add_metric([self.name], 1.0 if self.connected else 0.0)
-        yield connected
+        families = self._families
+        yield up_family(families, METRIC_PREFIX, self.name, self.is_fresh())
+        connected = families.gauge(f"{METRIC_PREFIX}_connected", "1 while the TCP connection is open")
+        yield connected.one(1.0 if self.connected else 0.0, self.name)
         yield from counter_families(
+            families,
             METRIC_PREFIX,
             self.name,
             (

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from pydantic import Field, field_validator
 
 from watti_watchman.clock import Clock, monotonic
@@ -28,6 +28,7 @@ from watti_watchman.failures import OnceLog
 from watti_watchman.latest import Latest
 from watti_watchman.meters.generic import counter_families, up_family
 from watti_watchman.meters.mqtt_meter import MqttValueConfig
+from watti_watchman.metrics import Families
 from watti_watchman.mqtt import LastWill, MqttSession, NotConnectedError
 from watti_watchman.supervisor import cancel_and_wait, reraise_swallowed_cancel
 
@@ -108,6 +109,11 @@ class MqttBatteryConfig(MeterConfig):
         return value
 
     @property
+    def delivers_power(self) -> bool:
+        """True when a feedback power topic makes this a power meter too (see `config/checks.py`)."""
+        return "power" in self.feedback
+
+    @property
     def will_topic(self) -> str:
         """The status topic (retained online/offline, last will)."""
         return self.status_topic or f"{self.setpoint_topic}/controller"
@@ -126,6 +132,7 @@ class MqttBattery:
         self, config: MqttBatteryConfig, connection: MqttConnectionConfig, *, clock: Clock = monotonic
     ) -> None:
         self.name = config.name
+        self._families = Families()
         self.config = config
         self._clock = clock
         self.battery: Latest[BatteryStatus] = Latest(clock)
@@ -289,17 +296,15 @@ class MqttBattery:
 
     def collect_metrics(self) -> Iterable[Metric]:
         """Freshness, last setpoint, counters and the session (feedback values come from the table)."""
-        yield up_family(METRIC_PREFIX, self.name, self.is_fresh())
+        families = self._families
+        yield up_family(families, METRIC_PREFIX, self.name, self.is_fresh())
         if self._setpoints is not None:
-            family = GaugeMetricFamily(
-                f"{METRIC_PREFIX}_setpoint_watts",
-                "Last setpoint written (W, + = charge)",
-                labels=["name", "phase"],
+            family = families.gauge(
+                f"{METRIC_PREFIX}_setpoint_watts", "Last setpoint written (W, + = charge)", ("name", "phase")
             )
-            for phase, watts in self._setpoints.items():
-                family.add_metric([self.name, phase.lower()], float(watts))
-            yield family
+            yield family.set(([self.name, phase.lower()], watts) for phase, watts in self._setpoints.items())
         yield from counter_families(
+            families,
             METRIC_PREFIX,
             self.name,
             (

@@ -26,6 +26,7 @@ from watti_watchman.domain.readings import PowerSample
 from watti_watchman.failures import OnceLog
 from watti_watchman.latest import Latest
 from watti_watchman.meters.generic import counter_families, reading_status, up_family
+from watti_watchman.metrics import Families
 from watti_watchman.mqtt import MqttSession
 from watti_watchman.supervisor import cancel_and_wait
 
@@ -82,6 +83,7 @@ class MqttMeter:
         self, config: MqttMeterConfig, connection: MqttConnectionConfig, *, clock: Clock = monotonic
     ) -> None:
         self.name = config.name
+        self._families = Families()
         self.config = config
         self._clock = clock
         self.reading: Latest[MeterReading] = Latest(clock)
@@ -136,8 +138,9 @@ class MqttMeter:
 
     def collect_metrics(self) -> Iterable[Metric]:
         """Freshness, session and counters (the values are exported from the table)."""
-        yield up_family(METRIC_PREFIX, self.name, self.is_fresh())
+        yield up_family(self._families, METRIC_PREFIX, self.name, self.is_fresh())
         yield from counter_families(
+            self._families,
             METRIC_PREFIX,
             self.name,
             (

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from pydantic import Field
 
 from watti_watchman.clock import Clock, monotonic
@@ -35,6 +35,7 @@ from watti_watchman.domain.seplos import (
 from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Latest
 from watti_watchman.meters.generic import counter_families, up_family
+from watti_watchman.metrics import Families
 from watti_watchman.supervisor import Backoff, supervise
 
 METRIC_PREFIX = "watti_seplos"
@@ -206,6 +207,7 @@ class SeplosMeter:
 
     def __init__(self, config: SeplosConfig, *, clock: Clock = monotonic) -> None:
         self.name = config.name
+        self._families = Families()
         self.config = config
         self._clock = clock
         self.telemetry: Latest[Telemetry] = Latest(clock)
@@ -278,16 +280,16 @@ class SeplosMeter:
         """Freshness, active alarms and counters (the values are exported from the table)."""
         name = self.name
         fresh = self.is_fresh()
-        yield up_family(METRIC_PREFIX, name, fresh)
+        families = self._families
+        yield up_family(families, METRIC_PREFIX, name, fresh)
         alarms = self.alarms.get(self.config.max_age)
         if alarms is not None:
-            active = GaugeMetricFamily(
-                f"{METRIC_PREFIX}_alarm", "1 for each active alarm or protection", labels=["name", "event"]
+            active = families.gauge(
+                f"{METRIC_PREFIX}_alarm", "1 for each active alarm or protection", ("name", "event")
             )
-            for event in alarms.events:
-                active.add_metric([name, event], 1.0)
-            yield active
+            yield active.set(([name, event], 1.0) for event in alarms.events)
         yield from counter_families(
+            families,
             METRIC_PREFIX,
             name,
             (

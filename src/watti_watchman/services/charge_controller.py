@@ -20,7 +20,7 @@ from watti_watchman.domain.settings import MODES, Mode, RuntimeSettings, Setting
 from watti_watchman.domain.tuning import TUNING
 from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Stamped
-from watti_watchman.meters.base import BatteryController, PowerMeter
+from watti_watchman.meters.base import BatteryController, BatteryMeter, PowerMeter
 from watti_watchman.metrics import Families, Histogram
 
 logger = logging.getLogger("watti_watchman.charge_controller")
@@ -76,6 +76,7 @@ class ChargeController:
         battery_meter: PowerMeter,
         battery: BatteryController,
         *,
+        battery_status: BatteryMeter | None = None,
         clock: Clock = monotonic,
         dry_run: bool = False,
     ) -> None:
@@ -91,6 +92,7 @@ class ChargeController:
         self._grid = grid
         self._battery_meter = battery_meter
         self._battery = battery
+        self._status_source: BatteryMeter = battery_status or battery
         self._clock = clock
         self._state = initial_state(self.parameters.phases)
         self._zero: PhaseSetpoints = dict.fromkeys(self.parameters.phases, 0)
@@ -159,9 +161,9 @@ class ChargeController:
         return wake_s
 
     def _battery_status(self) -> BatteryStatus | None:
-        """SOC and BMS limits if the battery controller considers them fresh, else None."""
-        newest = self._battery.battery.snapshot()
-        return newest.value if newest is not None and self._battery.is_fresh() else None
+        """SOC and BMS limits when their source (status meter, else battery controller) has them fresh."""
+        newest = self._status_source.battery.snapshot()
+        return newest.value if newest is not None and self._status_source.is_fresh() else None
 
     async def _on_grid_sample(self, stamped: Stamped[PowerSample]) -> None:
         now_s = self._clock()

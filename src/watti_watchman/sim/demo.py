@@ -13,6 +13,7 @@ from watti_watchman.broker import EmbeddedBroker
 from watti_watchman.config.loader import parse_config
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.config.resolve import ResolvedConfig
+from watti_watchman.sim.generic_site import generic_site
 from watti_watchman.sim.janitza_server import JanitzaServer
 from watti_watchman.sim.meter_clock import FIELD, MeterTiming, meter_clocks
 from watti_watchman.sim.plant import ACTUATOR_ERROR, PRESETS, Installation, Plant, PlantConfig, Profile
@@ -109,7 +110,7 @@ async def simulated_site(
         await battery_server.stop()
 
 
-async def run_demo(duration_s: float | None, port: int, scenario: str) -> int:
+async def run_demo(duration_s: float | None, port: int, scenario: str, site: str = "victron") -> int:
     """Run the demo until Ctrl-C/SIGTERM or `duration_s`; returns the exit code."""
     try:
         chosen = load_scenario(scenario)
@@ -120,20 +121,22 @@ async def run_demo(duration_s: float | None, port: int, scenario: str) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    peers = generic_site if site == "generic" else simulated_site
     async with (
         EmbeddedBroker(HOST) as broker,
-        simulated_site(
+        peers(
             chosen.load_w, chosen.pv_w, mqtt_port=broker.port, initial_soc_percent=chosen.initial_soc_percent
-        ) as site,
+        ) as simulated,
     ):
-        app = Application(site.config(port), http_host=HOST, http_port=port)
+        app = Application(simulated.config(port), http_host=HOST, http_port=port)
         app_task = asyncio.create_task(app.run(stop), name="app")
         await app.started.wait()
         base = f"http://{HOST}:{app.http_port}"
-        print(f"WattiWatchman demo ({chosen.name}: {chosen.description})", flush=True)
+        print(f"WattiWatchman demo, {site} site ({chosen.name}: {chosen.description})", flush=True)
         print(f"  status page: {base}/", flush=True)
         print(f"  metrics:     {base}/metrics", flush=True)
-        print(f"  MQTT broker: {HOST}:{broker.port} (portal id {PORTAL_ID})", flush=True)
+        gx = f" (portal id {PORTAL_ID})" if site == "victron" else ""
+        print(f"  MQTT broker: {HOST}:{broker.port}{gx}", flush=True)
         print("  Ctrl-C to stop" if duration_s is None else f"  stopping after {duration_s:g} s", flush=True)
         if duration_s is not None:
             with contextlib.suppress(TimeoutError):

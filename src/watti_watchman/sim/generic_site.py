@@ -9,10 +9,13 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from importlib import resources
 
 from watti_watchman.clock import Clock, monotonic
+from watti_watchman.config.loader import parse_config
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.config.register_map import load_register_map
+from watti_watchman.config.resolve import ResolvedConfig
 from watti_watchman.config.services import ChargeControllerConfig
 from watti_watchman.domain.mqtt_payload import PayloadError, extract
 from watti_watchman.domain.readings import PHASES, Phase, PowerSample
@@ -180,6 +183,11 @@ class GenericSite:
             "WATTI_DEMO_GRID_PORT": str(self.grid_server.port),
             "WATTI_DEMO_SEPLOS_PORT": str(self.seplos.port),
         }
+
+    def config(self, http_port: int) -> ResolvedConfig:
+        """The bundled generic demo configuration with this site's ports filled in."""
+        text = resources.files("watti_watchman.sim").joinpath("demo_generic.yml").read_text()
+        return parse_config(text.replace("port: 9292", f"port: {http_port}"), self.environment())
 
 
 @contextlib.asynccontextmanager

@@ -536,6 +536,17 @@ FLAT_GRID: Series = [(9.8, even(0)), (10.0, even(0))]
             -910,
             id="ramp",
         ),
+        pytest.param(  # steady, then moving in the newest window only: a ramp from inside it
+            FLAT_GRID,
+            [(9.49, even(-1500)), (9.69, even(-1515)), (9.89, even(-1800))],
+            [(9.0, even(-1500)), (9.7, even(-4500))],
+            None,
+            10.0,
+            "extrapolated",
+            -2120,
+            -2105,
+            id="onset",
+        ),
         pytest.param(  # never beyond the command
             FLAT_GRID,
             RAMP_BATTERY,

@@ -7,7 +7,8 @@ import pytest
 
 from watti_watchman.sim.meter_clock import DISTURBED, MeterTiming, sinusoidal, steady
 from watti_watchman.sim.plant import PRESETS, PlantConfig
-from watti_watchman.sim.scenario import Scenario, scenario_from_dict
+from watti_watchman.sim.scenario import Scenario, load_scenario, scenario_from_dict
+from watti_watchman.sim.score import score
 from watti_watchman.sim.virtual import (
     Latencies,
     RunOptions,
@@ -94,3 +95,12 @@ def test_slow_reads_show_in_the_regulation_figures() -> None:
     fast = simulate_run(scenario, "fast", "watti")
     slow = simulate_run(scenario, "fast", "watti", options=RunOptions(latencies=Latencies(read_s=0.06)))
     assert slow.trace.export_wh > 1.05 * fast.trace.export_wh
+
+
+@pytest.mark.parametrize("plant", ["medium", "slow"])
+def test_a_short_pulse_on_jumping_meter_clocks_rings_no_more_than_the_oracle(plant: str) -> None:
+    """A 0.4 s fridge inrush: the battery starts to answer inside a window, whose mean lags it."""
+    options = RunOptions(timing=DISTURBED)
+    ours = score(simulate_run(load_scenario("fridge"), plant, "watti", options=options))
+    oracle = score(simulate_run(load_scenario("fridge"), plant, "meter_oracle", options=options))
+    assert ours.reversals <= oracle.reversals

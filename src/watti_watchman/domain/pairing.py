@@ -99,7 +99,8 @@ def _estimate_battery(
 
     `_bounds` gives the interval the battery must lie in. Point estimate: the battery's own trend
     extrapolated to the grid window (linear while it moves at a steady rate, as on a slew limit;
-    shrunk by the ratio of its last two movements while it decelerates into a lag), kept inside
+    shrunk by the ratio of its last two movements while it decelerates into a lag; from rest, as a
+    ramp that began inside the newest window, since that window's mean lags its end), kept inside
     the interval (never beyond a command). After a step of our own the response may not show in
     any battery window yet, so the trend says nothing: then, if the previous load G − B is
     consistent with the interval, it is kept (the battery's movement explains the grid's; the
@@ -114,6 +115,10 @@ def _estimate_battery(
         if earlier is not None and (previous - earlier) * step > 0.0:
             step *= min(1.0, step / (previous - earlier))
         trend = newest + step * geometry.ahead
+        if earlier is not None and abs(previous - earlier) < steady_w:
+            # Steady until the newest window: the movement began inside it, so that window's mean
+            # shows at most half of a ramp from its start (the level at its end is ≥ 2 × step away).
+            trend = previous + 2.0 * step * (geometry.ahead + 0.5)
     if not targets:
         return trend, False
     lower, upper = _bounds(newest, previous, targets, geometry)

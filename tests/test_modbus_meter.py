@@ -29,10 +29,11 @@ from watti_watchman.domain.register_map import (
     encode_value,
 )
 from watti_watchman.meters.base import PowerMeter
-from watti_watchman.meters.modbus_meter import ModbusMeter, ModbusMeterConfig, ModbusReadError, read_once
+from watti_watchman.meters.modbus_link import Framing, ModbusReadError
+from watti_watchman.meters.modbus_meter import ModbusMeter, ModbusMeterConfig, read_once
 from watti_watchman.metrics import Exposition
 from watti_watchman.services.victron_grid import VictronGridFeeder
-from watti_watchman.sim.map_server import Framing, MapServer
+from watti_watchman.sim.map_server import MapServer
 from watti_watchman.sim.venus import VenusEmulator
 
 SDM630 = load_register_map("eastron_sdm630")

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from watti_watchman.config.meters import JanitzaConfig
-from watti_watchman.sim.janitza_server import Framing, JanitzaServer
+from watti_watchman.meters.modbus_link import Framing
+from watti_watchman.sim.janitza_server import JanitzaServer
 
 SAMPLE_PATH = Path(__file__).resolve().parent.parent / "fixtures" / "janitza_grid_sample.json"
 

@@ -13,7 +13,8 @@ def _build(config: ModbusMeterConfig, context: BuildContext) -> Meter:
 
 async def _read_once(config: ModbusMeterConfig, context: BuildContext) -> TableReading:
     from watti_watchman.domain.meter_values import meter_table  # noqa: PLC0415
-    from watti_watchman.meters.modbus_meter import ModbusReadError, read_once  # noqa: PLC0415
+    from watti_watchman.meters.modbus_link import ModbusReadError  # noqa: PLC0415
+    from watti_watchman.meters.modbus_meter import read_once  # noqa: PLC0415
 
     try:
         reading = await read_once(config)

@@ -8,16 +8,12 @@ readings into `Latest` holders stamped with the estimated time their window clos
 
 import asyncio
 import logging
-import socket
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client.core import Metric
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException
-from pymodbus.framer import FramerType
 
 from watti_watchman.clock import Clock, monotonic
 from watti_watchman.config.meters import JanitzaConfig
@@ -41,18 +37,10 @@ from watti_watchman.domain.quantities import Quantity, QuantityValues
 from watti_watchman.domain.readings import PowerSample
 from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Latest
+from watti_watchman.meters.modbus_link import ModbusLink, ModbusReadError, classify
 from watti_watchman.metrics import Families, Histogram
 from watti_watchman.supervisor import Backoff, reraise_swallowed_cancel, supervise
 
-EXCEPTION_NAMES = {
-    0x01: "illegal function",
-    0x02: "illegal data address: no such register block on this device",
-    0x03: "illegal data value",
-    0x04: "device failure",
-    0x06: "device busy",
-    0x0A: "gateway path unavailable",
-    0x0B: "gateway target failed to respond: check the unit id and the RS485 side",
-}
 KNOWN_REASONS = (
     "connect_timeout",
     "connection_refused",
@@ -64,86 +52,27 @@ KNOWN_REASONS = (
     "implausible",
 )
 SAMPLE_AGE_BUCKETS_S = (0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
-_FRAMERS = {"tcp": FramerType.SOCKET, "rtu_over_tcp": FramerType.RTU}
 
 
-class JanitzaReadError(Exception):
-    """A read failed; `reason` is the metric label, the message is for humans."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+JanitzaReadError = ModbusReadError
+"""A read failed; `reason` is the metric label, the message is for humans."""
 
 
-# --- one connection -------------------------------------------------------------------------------
+def _link(config: JanitzaConfig) -> ModbusLink:
+    """A fresh connection to the meter of `config`."""
+    return ModbusLink(
+        host=config.host,
+        port=config.port,
+        framing=config.framing,
+        timeout_s=config.timeout,
+        unit=config.unit,
+        name=config.name,
+    )
 
 
-class _ModbusLink:
-    """One pymodbus client for one connection; after any failure it is closed and never reused."""
-
-    def __init__(self, config: JanitzaConfig) -> None:
-        # Every failure is reported once through FailureLog / JanitzaReadError; pymodbus would
-        # log each retry on its own.
-        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-        self._config = config
-        self._client = AsyncModbusTcpClient(
-            config.host,
-            port=config.port,
-            framer=_FRAMERS[config.framing],
-            timeout=config.timeout,
-            retries=0,
-            reconnect_delay=0,
-            name=config.name,
-        )
-
-    async def connect(self) -> None:
-        """Open the TCP connection; JanitzaReadError(dns | connect_timeout | connection_refused)."""
-        loop = asyncio.get_running_loop()
-        started_s = loop.time()
-        if await self._client.connect():
-            return
-        host, port = self._config.host, self._config.port
-        try:  # pymodbus hides why: tell a name that does not resolve apart
-            await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as error:
-            raise JanitzaReadError("dns", f"cannot resolve {host} (port {port}): {error.strerror}") from None
-        if loop.time() - started_s >= 0.9 * self._config.timeout:
-            raise JanitzaReadError(
-                "connect_timeout", f"no TCP connection to {host}:{port} within {self._config.timeout} s"
-            )
-        raise JanitzaReadError(
-            "connection_refused",
-            f"{host}:{port} refused the connection or is unreachable"
-            " (check host and port; RS485 bridges often use 8899)",
-        )
-
-    async def read_registers(self) -> list[int]:
-        """One function-3 read of the block; JanitzaReadError on timeout, exception or a lost link."""
-        config = self._config
-        try:
-            request = self._client.read_holding_registers(
-                config.start_address, count=JANITZA_REGISTER_COUNT, device_id=config.unit
-            )
-            async with asyncio.timeout(config.timeout):
-                response = await request
-        except TimeoutError:
-            hint = (
-                " (transparent RS485 bridges need framing: rtu_over_tcp)" if config.framing == "tcp" else ""
-            )
-            raise JanitzaReadError("read_timeout", f"no reply within {config.timeout} s{hint}") from None
-        except ConnectionException as error:
-            raise JanitzaReadError("connection_lost", f"connection lost: {error}") from error
-        except ModbusException as error:
-            raise JanitzaReadError("modbus_error", f"garbled reply: {error}") from error
-        if response.isError():
-            code = int(getattr(response, "exception_code", 0))
-            meaning = EXCEPTION_NAMES.get(code, "unknown exception")
-            raise JanitzaReadError(f"exception_{code:02x}", f"exception response 0x{code:02X}: {meaning}")
-        return list(response.registers)
-
-    def close(self) -> None:
-        """Drop the connection so a late reply can never be taken for a later answer."""
-        self._client.close()
+async def _read_block(link: ModbusLink, config: JanitzaConfig) -> list[int]:
+    """One function-3 read of the meter's register block."""
+    return await link.read(3, config.start_address, JANITZA_REGISTER_COUNT)
 
 
 def values_from_registers(registers: list[int]) -> tuple[float, ...]:
@@ -165,10 +94,10 @@ def values_from_registers(registers: list[int]) -> tuple[float, ...]:
 
 async def read_meter(config: JanitzaConfig) -> JanitzaReading:
     """Connect, read the block once and disconnect; JanitzaReadError with a clear message on failure."""
-    link = _ModbusLink(config)
+    link = _link(config)
     try:
         await link.connect()
-        registers = await link.read_registers()
+        registers = await _read_block(link, config)
     finally:
         link.close()
     return reading_from_values(values_from_registers(registers), config.invert)
@@ -231,7 +160,7 @@ class JanitzaMeter:
             self._session,
             failures=self._failures,
             backoff=self._backoff,
-            classify=_classify,
+            classify=classify,
             on_reconnect=self._count_reconnect,
         )
 
@@ -239,7 +168,7 @@ class JanitzaMeter:
         self.reconnects += 1
 
     async def _session(self) -> None:
-        link = _ModbusLink(self.config)
+        link = _link(self.config)
         try:
             await link.connect()
             self.connected = True
@@ -253,9 +182,9 @@ class JanitzaMeter:
             self.connected = False
             link.close()
 
-    async def _poll(self, link: _ModbusLink) -> None:
+    async def _poll(self, link: ModbusLink) -> None:
         sent_s = self._clock()
-        registers = await link.read_registers()
+        registers = await _read_block(link, self.config)
         arrived_s = self._clock()
         self.reads += 1
         self.read_seconds += arrived_s - sent_s
@@ -414,16 +343,3 @@ class JanitzaMeter:
             "reconnects": self.reconnects,
             "errors": dict(self._failures.by_reason),
         }
-
-
-def _classify(error: BaseException) -> str | None:
-    """Reason label for transient failures; None for programming errors (they propagate)."""
-    if isinstance(error, JanitzaReadError):
-        return error.reason
-    if isinstance(error, ModbusException):
-        return "modbus_error"
-    if isinstance(error, TimeoutError):
-        return "read_timeout"
-    if isinstance(error, OSError):
-        return "connection_lost"
-    return None

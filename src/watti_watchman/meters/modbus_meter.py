@@ -13,9 +13,6 @@ from typing import Any, Literal
 
 from prometheus_client.core import Metric
 from pydantic import Field, field_validator
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException
-from pymodbus.framer import FramerType
 
 from watti_watchman.clock import Clock, monotonic
 from watti_watchman.config.meters import MeterConfig
@@ -24,10 +21,11 @@ from watti_watchman.config.register_map import SHIPPED_MAPS, load_register_map
 from watti_watchman.domain.meter_values import MeterReading, meter_table, reading_from_values
 from watti_watchman.domain.quantities import Quantity, QuantityValues
 from watti_watchman.domain.readings import PowerSample
-from watti_watchman.domain.register_map import ReadBlock, RegisterMap, decode_blocks
+from watti_watchman.domain.register_map import RegisterMap, decode_blocks
 from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Latest
 from watti_watchman.meters.generic import counter_families, reading_status, up_family
+from watti_watchman.meters.modbus_link import ModbusLink, ModbusReadError, classify
 from watti_watchman.metrics import Families
 from watti_watchman.supervisor import Backoff, reraise_swallowed_cancel, supervise
 
@@ -42,13 +40,6 @@ KNOWN_REASONS = (
     "non_finite",
     "implausible",
 )
-_FRAMERS = {"tcp": FramerType.SOCKET, "rtu_over_tcp": FramerType.RTU}
-_EXCEPTIONS = {
-    0x01: "illegal function (wrong function_code in the map?)",
-    0x02: "illegal data address: the map does not fit this device",
-    0x0A: "gateway path unavailable",
-    0x0B: "gateway target failed to respond: check the unit id and the RS485 side",
-}
 
 
 class ModbusMeterConfig(MeterConfig):
@@ -100,80 +91,31 @@ class ModbusMeterConfig(MeterConfig):
         return self.max_age if self.max_age is not None else max(1.0, 3 * self.poll_interval_s)
 
 
-class ModbusReadError(Exception):
-    """A read failed; `reason` is the metric label, the message is for humans."""
+class _Link(ModbusLink):
+    """The shared Modbus link, reading a register map's blocks."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class _Link:
-    """One pymodbus client for one connection; after any failure it is closed and never reused."""
-
-    def __init__(self, config: ModbusMeterConfig) -> None:
-        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # we report every failure ourselves
-        self._config = config
-        self._client = AsyncModbusTcpClient(
-            config.host,
+    def __init__(self, config: "ModbusMeterConfig") -> None:
+        super().__init__(
+            host=config.host,
             port=config.port,
-            framer=_FRAMERS[config.framing],
-            timeout=config.timeout,
-            retries=0,
-            reconnect_delay=0,
+            framing=config.framing,
+            timeout_s=config.timeout,
+            unit=config.unit,
             name=config.name,
         )
-
-    async def connect(self) -> None:
-        """Open the TCP connection; ModbusReadError(connect_timeout | connection_refused)."""
-        loop = asyncio.get_running_loop()
-        started_s = loop.time()
-        if await self._client.connect():
-            return
-        if loop.time() - started_s >= 0.9 * self._config.timeout:
-            raise ModbusReadError("connect_timeout", f"no TCP connection within {self._config.timeout} s")
-        raise ModbusReadError(
-            "connection_refused", "connection refused or host unreachable (check host and port)"
-        )
-
-    async def read(self, block: ReadBlock) -> list[int]:
-        """One read of `block` with the map's function code; ModbusReadError on any failure."""
-        config = self._config
-        read = (
-            self._client.read_input_registers
-            if config.register_map.function_code == 4
-            else self._client.read_holding_registers
-        )
-        try:
-            async with asyncio.timeout(config.timeout):
-                response = await read(block.address, count=block.count, device_id=config.unit)
-        except TimeoutError:
-            hint = (
-                " (transparent RS485 bridges need framing: rtu_over_tcp)" if config.framing == "tcp" else ""
-            )
-            raise ModbusReadError("read_timeout", f"no reply within {config.timeout} s{hint}") from None
-        except ConnectionException as error:
-            raise ModbusReadError("connection_lost", f"connection lost: {error}") from error
-        except ModbusException as error:
-            raise ModbusReadError("modbus_error", f"garbled reply: {error}") from error
-        if response.isError():
-            code = int(getattr(response, "exception_code", 0))
-            meaning = _EXCEPTIONS.get(code, "exception response")
-            raise ModbusReadError(f"exception_{code:02x}", f"exception 0x{code:02X}: {meaning}")
-        return list(response.registers)
+        self._map = config.register_map
 
     async def read_values(self) -> dict[str, float]:
         """Every block of the map, decoded, unvalidated; ModbusReadError(wrong_length) on a short reply."""
-        register_map = self._config.register_map
-        replies = {block.address: await self.read(block) for block in register_map.read_blocks()}
+        register_map = self._map
+        replies = {
+            block.address: await self.read(register_map.function_code, block.address, block.count)
+            for block in register_map.read_blocks()
+        }
         try:
             return decode_blocks(register_map, replies)
         except ValueError as error:
             raise ModbusReadError("wrong_length", str(error)) from None
-
-    def close(self) -> None:
-        """Drop the connection so a late reply can never be taken for a later answer."""
-        self._client.close()
 
 
 def validated(config: ModbusMeterConfig, raw: Mapping[str, float]) -> MeterReading:
@@ -231,7 +173,7 @@ class ModbusMeter:
             self._session,
             failures=self._failures,
             backoff=self._backoff,
-            classify=_classify,
+            classify=classify,
             on_reconnect=self._count_reconnect,
         )
 
@@ -312,16 +254,3 @@ class ModbusMeter:
             "reconnects": self.reconnects,
             "errors": dict(self._failures.by_reason),
         }
-
-
-def _classify(error: BaseException) -> str | None:
-    """Reason label for transient failures; None for programming errors (they propagate)."""
-    if isinstance(error, ModbusReadError):
-        return error.reason
-    if isinstance(error, ModbusException):
-        return "modbus_error"
-    if isinstance(error, TimeoutError):
-        return "read_timeout"
-    if isinstance(error, OSError):
-        return "connection_lost"
-    return None

@@ -12,24 +12,21 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Literal, Self
+from typing import Self
 
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
-from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 
 from watti_watchman.broker import free_port
 from watti_watchman.clock import Clock, monotonic
 from watti_watchman.domain.janitza import JANITZA_START_ADDRESS, JANITZA_VALUE_COUNT, encode_values
+from watti_watchman.meters.modbus_link import FRAMERS, Framing
 
-Framing = Literal["tcp", "rtu_over_tcp"]
 HOLDING_REGISTER_READ = 3
 HISTORY = 100_000
 """Change and request times kept (about 2.7 h of windows, 1.5 h of requests at 20/s)."""
-
-_FRAMERS: dict[Framing, FramerType] = {"tcp": FramerType.SOCKET, "rtu_over_tcp": FramerType.RTU}
 
 
 class _JanitzaRegisters(ModbusServerContext):
@@ -178,7 +175,7 @@ class JanitzaServer:
             return
         server = ModbusTcpServer(
             self._registers,
-            framer=_FRAMERS[self.framing],
+            framer=FRAMERS[self.framing],
             address=(self.host, self.port),
             trace_connect=self._on_connect,
         )

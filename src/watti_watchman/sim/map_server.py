@@ -9,19 +9,16 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Literal, Self
+from typing import Self
 
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
-from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 
 from watti_watchman.broker import free_port
 from watti_watchman.domain.register_map import RegisterMap, encode_value
-
-Framing = Literal["tcp", "rtu_over_tcp"]
-_FRAMERS: dict[Framing, FramerType] = {"tcp": FramerType.SOCKET, "rtu_over_tcp": FramerType.RTU}
+from watti_watchman.meters.modbus_link import FRAMERS, Framing
 
 
 class _MapRegisters(ModbusServerContext):
@@ -113,7 +110,7 @@ class MapServer:
         if self._server is not None:
             return
         server = ModbusTcpServer(
-            self._registers, framer=_FRAMERS[self.framing], address=(self.host, self.port)
+            self._registers, framer=FRAMERS[self.framing], address=(self.host, self.port)
         )
         await server.serve_forever(background=True)
         self._server = server

@@ -3,7 +3,7 @@
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from watti_watchman.clock import Clock, monotonic
@@ -105,3 +105,37 @@ async def cancel_and_wait(
             )
     if pending:
         logger.error("gave up waiting for %s", ", ".join(sorted(t.get_name() for t in pending)))
+
+
+class SupervisedLink:
+    """Base of adapters that own one connection: `run()` keeps `_session` going under `supervise`.
+
+    Subclasses set `_failures`, `_backoff`, `reconnects = 0` and `_classify` (reason label for
+    transient errors, None for programming errors) and implement `_session`.
+    """
+
+    _failures: FailureLog
+    _backoff: Backoff
+    _classify: Callable[[BaseException], str | None]
+    reconnects: int
+
+    @property
+    def errors_by_reason(self) -> Mapping[str, int]:
+        """Failed connections, reads and rejected replies, by reason label."""
+        return self._failures.by_reason
+
+    async def run(self) -> None:
+        """Poll until cancelled; after a transient failure back off and reconnect with a fresh link."""
+        await supervise(
+            self._session,
+            failures=self._failures,
+            backoff=self._backoff,
+            classify=self._classify,
+            on_reconnect=self._count_reconnect,
+        )
+
+    async def _session(self) -> None:
+        raise NotImplementedError
+
+    def _count_reconnect(self) -> None:
+        self.reconnects += 1

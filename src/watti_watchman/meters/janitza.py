@@ -39,7 +39,7 @@ from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Latest
 from watti_watchman.meters.modbus_link import ModbusLink, ModbusReadError, classify
 from watti_watchman.metrics import Families, Histogram
-from watti_watchman.supervisor import Backoff, reraise_swallowed_cancel, supervise
+from watti_watchman.supervisor import Backoff, SupervisedLink, reraise_swallowed_cancel
 
 KNOWN_REASONS = (
     "connect_timeout",
@@ -56,18 +56,6 @@ SAMPLE_AGE_BUCKETS_S = (0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 
 
 JanitzaReadError = ModbusReadError
 """A read failed; `reason` is the metric label, the message is for humans."""
-
-
-def _link(config: JanitzaConfig) -> ModbusLink:
-    """A fresh connection to the meter of `config`."""
-    return ModbusLink(
-        host=config.host,
-        port=config.port,
-        framing=config.framing,
-        timeout_s=config.timeout,
-        unit=config.unit,
-        name=config.name,
-    )
 
 
 async def _read_block(link: ModbusLink, config: JanitzaConfig) -> list[int]:
@@ -94,7 +82,7 @@ def values_from_registers(registers: list[int]) -> tuple[float, ...]:
 
 async def read_meter(config: JanitzaConfig) -> JanitzaReading:
     """Connect, read the block once and disconnect; JanitzaReadError with a clear message on failure."""
-    link = _link(config)
+    link = ModbusLink.for_config(config)
     try:
         await link.connect()
         registers = await _read_block(link, config)
@@ -106,9 +94,11 @@ async def read_meter(config: JanitzaConfig) -> JanitzaReading:
 # --- the meter ------------------------------------------------------------------------------------
 
 
-class JanitzaMeter:
+class JanitzaMeter(SupervisedLink):
     """Polls one Janitza meter, publishing `reading` and `power` stamped with the estimated time
     their window closed (`close_uncertainty_s` is its half-width)."""
+
+    _classify = staticmethod(classify)
 
     def __init__(self, config: JanitzaConfig, *, clock: Clock = monotonic) -> None:
         self.name = config.name
@@ -145,30 +135,12 @@ class JanitzaMeter:
             SAMPLE_AGE_BUCKETS_S,
         )
 
-    @property
-    def errors_by_reason(self) -> Mapping[str, int]:
-        """Failed reads and connection attempts, by reason label."""
-        return self._failures.by_reason
-
     def is_fresh(self) -> bool:
         """True when a reading at most `max_age` s old is present."""
         return self.reading.is_fresh(self.config.max_age)
 
-    async def run(self) -> None:
-        """Poll until cancelled; reconnects with backoff and a fresh client after any failure."""
-        await supervise(
-            self._session,
-            failures=self._failures,
-            backoff=self._backoff,
-            classify=classify,
-            on_reconnect=self._count_reconnect,
-        )
-
-    def _count_reconnect(self) -> None:
-        self.reconnects += 1
-
     async def _session(self) -> None:
-        link = _link(self.config)
+        link = ModbusLink.for_config(self.config)
         try:
             await link.connect()
             self.connected = True

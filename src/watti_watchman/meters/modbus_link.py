@@ -7,7 +7,7 @@ any failure and never reused, so a late reply can never be taken for a later ans
 import asyncio
 import logging
 import socket
-from typing import Literal
+from typing import Literal, Protocol, Self
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
@@ -43,6 +43,23 @@ class ModbusReadError(Exception):
         self.reason = reason
 
 
+class LinkConfig(Protocol):
+    """What a device's configuration says about its Modbus connection."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def framing(self) -> Framing: ...
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def unit(self) -> int: ...
+
+
 class ModbusLink:
     """One pymodbus client for one connection; after any failure it is closed and never reused."""
 
@@ -62,6 +79,18 @@ class ModbusLink:
             retries=0,
             reconnect_delay=0,
             name=name,
+        )
+
+    @classmethod
+    def for_config(cls, config: LinkConfig) -> Self:
+        """A fresh link to the device `config` describes."""
+        return cls(
+            host=config.host,
+            port=config.port,
+            framing=config.framing,
+            timeout_s=config.timeout,
+            unit=config.unit,
+            name=config.name,
         )
 
     async def connect(self) -> None:

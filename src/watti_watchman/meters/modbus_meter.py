@@ -27,7 +27,7 @@ from watti_watchman.latest import Latest
 from watti_watchman.meters.generic import counter_families, reading_status, up_family
 from watti_watchman.meters.modbus_link import ModbusLink, ModbusReadError, classify
 from watti_watchman.metrics import Families
-from watti_watchman.supervisor import Backoff, reraise_swallowed_cancel, supervise
+from watti_watchman.supervisor import Backoff, SupervisedLink, reraise_swallowed_cancel
 
 METRIC_PREFIX = "watti_modbus_meter"
 KNOWN_REASONS = (
@@ -91,31 +91,16 @@ class ModbusMeterConfig(MeterConfig):
         return self.max_age if self.max_age is not None else max(1.0, 3 * self.poll_interval_s)
 
 
-class _Link(ModbusLink):
-    """The shared Modbus link, reading a register map's blocks."""
-
-    def __init__(self, config: "ModbusMeterConfig") -> None:
-        super().__init__(
-            host=config.host,
-            port=config.port,
-            framing=config.framing,
-            timeout_s=config.timeout,
-            unit=config.unit,
-            name=config.name,
-        )
-        self._map = config.register_map
-
-    async def read_values(self) -> dict[str, float]:
-        """Every block of the map, decoded, unvalidated; ModbusReadError(wrong_length) on a short reply."""
-        register_map = self._map
-        replies = {
-            block.address: await self.read(register_map.function_code, block.address, block.count)
-            for block in register_map.read_blocks()
-        }
-        try:
-            return decode_blocks(register_map, replies)
-        except ValueError as error:
-            raise ModbusReadError("wrong_length", str(error)) from None
+async def _read_values(link: ModbusLink, register_map: RegisterMap) -> dict[str, float]:
+    """Every block of the map, decoded, unvalidated; ModbusReadError(wrong_length) on a short reply."""
+    replies = {
+        block.address: await link.read(register_map.function_code, block.address, block.count)
+        for block in register_map.read_blocks()
+    }
+    try:
+        return decode_blocks(register_map, replies)
+    except ValueError as error:
+        raise ModbusReadError("wrong_length", str(error)) from None
 
 
 def validated(config: ModbusMeterConfig, raw: Mapping[str, float]) -> MeterReading:
@@ -128,17 +113,19 @@ def validated(config: ModbusMeterConfig, raw: Mapping[str, float]) -> MeterReadi
 
 async def read_once(config: ModbusMeterConfig) -> MeterReading:
     """Connect, read the map once and disconnect; ModbusReadError with a clear message on failure."""
-    link = _Link(config)
+    link = ModbusLink.for_config(config)
     try:
         await link.connect()
-        raw = await link.read_values()
+        raw = await _read_values(link, config.register_map)
     finally:
         link.close()
     return validated(config, raw)
 
 
-class ModbusMeter:
+class ModbusMeter(SupervisedLink):
     """Polls one register-map meter, publishing `reading` and `power` with the reply's arrival time."""
+
+    _classify = staticmethod(classify)
 
     def __init__(self, config: ModbusMeterConfig, *, clock: Clock = monotonic) -> None:
         self.name = config.name
@@ -158,30 +145,12 @@ class ModbusMeter:
         self.overruns = 0
         self.read_seconds = 0.0
 
-    @property
-    def errors_by_reason(self) -> Mapping[str, int]:
-        """Failed reads, rejected replies and connection attempts, by reason."""
-        return self._failures.by_reason
-
     def is_fresh(self) -> bool:
         """True when a reading at most `max_age` s old is present."""
         return self.reading.is_fresh(self.config.max_age_s)
 
-    async def run(self) -> None:
-        """Poll until cancelled; reconnects with backoff and a fresh client after any link failure."""
-        await supervise(
-            self._session,
-            failures=self._failures,
-            backoff=self._backoff,
-            classify=classify,
-            on_reconnect=self._count_reconnect,
-        )
-
-    def _count_reconnect(self) -> None:
-        self.reconnects += 1
-
     async def _session(self) -> None:
-        link = _Link(self.config)
+        link = ModbusLink.for_config(self.config)
         period_s = self.config.poll_interval_s
         try:
             await link.connect()
@@ -200,9 +169,9 @@ class ModbusMeter:
             self.connected = False
             link.close()
 
-    async def _poll(self, link: _Link) -> None:
+    async def _poll(self, link: ModbusLink) -> None:
         sent_s = self._clock()
-        raw = await link.read_values()
+        raw = await _read_values(link, self.config.register_map)
         arrived_s = self._clock()
         self.reads += 1
         self.read_seconds += arrived_s - sent_s

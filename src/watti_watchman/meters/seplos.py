@@ -36,7 +36,7 @@ from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Latest
 from watti_watchman.meters.generic import counter_families, up_family
 from watti_watchman.metrics import Families
-from watti_watchman.supervisor import Backoff, supervise
+from watti_watchman.supervisor import Backoff, SupervisedLink
 
 METRIC_PREFIX = "watti_seplos"
 KNOWN_REASONS = (
@@ -202,8 +202,19 @@ class _Link:
             self._writer.close()
 
 
-class SeplosMeter:
+def _classify(error: BaseException) -> str | None:
+    """Reason label for transient failures; None for programming errors (they propagate)."""
+    if isinstance(error, SeplosReadError):
+        return error.reason
+    if isinstance(error, (OSError, TimeoutError)):
+        return "connection_lost"
+    return None
+
+
+class SeplosMeter(SupervisedLink):
     """Polls one Seplos pack; publishes `telemetry`, `alarms` and the controller's `battery` status."""
+
+    _classify = staticmethod(_classify)
 
     def __init__(self, config: SeplosConfig, *, clock: Clock = monotonic) -> None:
         self.name = config.name
@@ -222,27 +233,9 @@ class SeplosMeter:
         self.polls = 0
         self.reconnects = 0
 
-    @property
-    def errors_by_reason(self) -> Mapping[str, int]:
-        """Failed requests and rejected frames, by reason."""
-        return self._failures.by_reason
-
     def is_fresh(self) -> bool:
         """True when a battery status at most `max_age` s old is present."""
         return self.battery.is_fresh(self.config.max_age)
-
-    async def run(self) -> None:
-        """Poll until cancelled; reconnects with backoff after silence or a lost link."""
-        await supervise(
-            self._session,
-            failures=self._failures,
-            backoff=self._backoff,
-            classify=_classify,
-            on_reconnect=self._count_reconnect,
-        )
-
-    def _count_reconnect(self) -> None:
-        self.reconnects += 1
 
     async def _session(self) -> None:
         link = _Link(self.config)
@@ -321,12 +314,3 @@ class SeplosMeter:
             "polls": self.polls,
             "errors": dict(self._failures.by_reason),
         }
-
-
-def _classify(error: BaseException) -> str | None:
-    """Reason label for transient failures; None for programming errors (they propagate)."""
-    if isinstance(error, SeplosReadError):
-        return error.reason
-    if isinstance(error, (OSError, TimeoutError)):
-        return "connection_lost"
-    return None

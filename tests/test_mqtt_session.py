@@ -7,6 +7,7 @@ import socket
 import pytest
 
 from tests.support.brokers import TestBroker
+from tests.support.proxy import LoopbackProxy
 from tests.support.waiting import wait_until
 from watti_watchman.clock import monotonic
 from watti_watchman.config.mqtt import MqttConnectionConfig
@@ -82,3 +83,59 @@ async def test_the_connection_sends_without_nagle_delay(mqtt_connection: MqttCon
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_publish_many_sends_in_order_and_waits_for_a_stalled_broker(
+    mqtt_connection: MqttConnectionConfig, unique_id: str
+) -> None:
+    """Batches leave without a wait per message, in order; a broker that stops reading holds them back."""
+    received: list[bytes] = []
+
+    async def subscribe(session: MqttSession) -> None:
+        await session.subscribe(f"{unique_id}/#")
+
+    listener = MqttSession(
+        mqtt_connection,
+        "listener",
+        clock=monotonic,
+        on_connect=subscribe,
+        on_message=lambda _topic, payload, _retained: received.append(payload),
+    )
+    proxy = LoopbackProxy(mqtt_connection.host, mqtt_connection.port)
+    await proxy.start()
+    talker = MqttSession(mqtt_connection.model_copy(update={"port": proxy.port}), "talker", clock=monotonic)
+    with pytest.raises(NotConnectedError):
+        await talker.publish_many([(f"{unique_id}/x", b"0")] * 3)
+    assert talker.publish_drops_total == 3
+    tasks = [asyncio.create_task(listener.run()), asyncio.create_task(talker.run())]
+    try:
+        await wait_until(
+            lambda: listener.is_connected and talker.is_connected and listener.connects_total == 1
+        )
+        await asyncio.sleep(0.1)  # the listener's SUBACK
+        sent = [str(n).encode() for n in range(19 * 40)]
+        for start in range(0, len(sent), 19):
+            await talker.publish_many(
+                [(f"{unique_id}/{n % 19}", p) for n, p in enumerate(sent[start : start + 19])]
+            )
+        await wait_until(lambda: len(received) >= len(sent), 5.0, "all received")
+        assert received == sent
+        assert talker.publishes_total == len(sent)
+
+        proxy.stall()
+        big = b"x" * 65536
+        for _ in range(2000):  # ≤ 128 MB: socket buffers hold far less
+            try:
+                await asyncio.wait_for(talker.publish_many([(f"{unique_id}/big", big)] * 2), 0.5)
+            except TimeoutError:
+                break
+        else:
+            pytest.fail("publish_many kept queueing while the broker read nothing")
+        proxy.resume()
+        await talker.publish_many([(f"{unique_id}/x", b"after")])
+        await wait_until(lambda: received[-1:] == [b"after"], 10.0, "flowing again")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        proxy.close()

@@ -4,11 +4,13 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.client import MQTTMessageInfo, error_string
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client.core import Metric
 
@@ -225,10 +227,9 @@ class MqttSession:
         return self._client is not None and self.connected.is_set()
 
     async def subscribe(self, *topics: str) -> None:
-        """Subscribe (QoS 0) on the live connection."""
+        """Subscribe (QoS 0) on the live connection, all `topics` in one SUBSCRIBE."""
         client = self._require_client()
-        for topic in topics:
-            await client.subscribe(topic)
+        await client.subscribe([(topic, 0) for topic in topics])
 
     async def publish(self, topic: str, payload: bytes | str, *, retain: bool = False) -> None:
         """Publish QoS 0 now; raises NotConnectedError while disconnected (counted as a drop)."""
@@ -239,6 +240,31 @@ class MqttSession:
             self.publish_drops_total += 1
             raise NotConnectedError(str(error)) from error
         self.publishes_total += 1
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes | str]]) -> None:
+        """Publish QoS 0, not retained, in order; raises NotConnectedError while disconnected.
+
+        The cheap path for frequent small messages (grid values, setpoints). They are handed to
+        paho together and leave with the next socket write, without waiting for each one
+        (`publish` waits ≈0.2 ms of CPU per message for its own write). While earlier messages
+        are still unsent (the broker does not read), this waits until they are written, as
+        `publish` does, so a stalled broker slows the caller down instead of growing a queue.
+        """
+        try:
+            client = self._require_client()
+            paho = client._client
+            if paho.want_write():  # messages from before are still queued: back-pressure
+                for topic, payload in messages[:-1]:
+                    _queued(paho.publish(topic, payload, qos=0))
+                last_topic, last_payload = messages[-1]
+                await client.publish(last_topic, last_payload, qos=0)  # written: so are those before
+            else:
+                for topic, payload in messages:
+                    _queued(paho.publish(topic, payload, qos=0))
+        except (NotConnectedError, aiomqtt.MqttError) as error:
+            self.publish_drops_total += len(messages)
+            raise NotConnectedError(str(error)) from error
+        self.publishes_total += len(messages)
 
     async def close_gracefully(self, topic: str, payload: bytes | str, *, retain: bool = False) -> None:
         """Best-effort final publish (e.g. `connected: 0`) before shutdown; never raises."""
@@ -273,6 +299,12 @@ class MqttSession:
         yield errors.set(
             ([*labels, reason], count) for reason, count in sorted(self.failures.by_reason.items())
         )
+
+
+def _queued(info: MQTTMessageInfo) -> None:
+    """Raise NotConnectedError unless paho queued the message (it refuses while disconnected)."""
+    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        raise NotConnectedError(f"publish refused: {error_string(info.rc)}")
 
 
 def _no_delay(client: aiomqtt.Client) -> None:

@@ -14,6 +14,16 @@ class LoopbackProxy:
         self.port = 0
         self._writers: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    def stall(self) -> None:
+        """Stop reading from clients (connections stay up): a broker that hangs without closing."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Read and forward again."""
+        self._flowing.set()
 
     async def start(self) -> None:
         """Listen on a free loopback port (read it from `port`)."""
@@ -35,7 +45,7 @@ class LoopbackProxy:
 
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
             with contextlib.suppress(ConnectionError):
-                while data := await source.read(65536):
+                while await self._flowing.wait() and (data := await source.read(65536)):
                     sink.write(data)
                     await sink.drain()
             sink.transport.abort()

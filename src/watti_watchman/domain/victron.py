@@ -199,6 +199,15 @@ ESSENTIAL_KEYS: tuple[str, ...] = (
 """Keys a full republish must deliver (besides some SOC); absent ones trigger another full republish."""
 
 
+def notification_topics(portal_id: str) -> tuple[str, ...]:
+    """What a meter subscribes to below `N/<portal_id>/`: the control leaves and each mapped path.
+
+    Only the table's paths (any instance): a GX notifies every service (solar chargers, the grid
+    meter fed by this very process…) and each unmapped message would cost a parse for nothing.
+    """
+    return (f"N/{portal_id}/+", *sorted({f"N/{portal_id}/{s.service}/+/{s.path}" for s in VALUES}))
+
+
 def spec_for(service: str, path: str) -> ValueSpec | None:
     """The table entry for a Venus service type and D-Bus path, or None when unmapped."""
     return SPECS_BY_SOURCE.get((service, path))

@@ -20,6 +20,7 @@ from watti_watchman.domain.victron import (
     MAPPED_SERVICES,
     VictronSnapshot,
     VictronValues,
+    notification_topics,
     parse_payload,
     parse_topic,
     spec_for,
@@ -156,15 +157,12 @@ class VictronMeter:
         if self._setpoint_s is None or now - self._setpoint_s > self.commanding_window_s:
             self._commanding_since_s = now
         values = {phase: int(watts) for phase, watts in sorted(setpoints.items())}
-        # Queued together, the per-phase writes leave in one socket write (no Nagle gap between them).
-        await asyncio.gather(
-            *(
-                self.session.publish(
-                    f"W/{self.portal_id}/vebus/{instance}/Hub4/{phase}/AcPowerSetpoint",
-                    json.dumps({"value": value}),
-                )
+        # Queued together, the per-phase writes leave back to back (no Nagle gap between them).
+        await self.session.publish_many(
+            [
+                (f"W/{self.portal_id}/vebus/{instance}/Hub4/{phase}/AcPowerSetpoint", f'{{"value": {value}}}')
                 for phase, value in values.items()
-            )
+            ]
         )
         for phase, value in values.items():
             self._setpoints[phase] = value
@@ -225,10 +223,11 @@ class VictronMeter:
         self._was_alive = alive
 
     async def _keep_alive(self, now: float) -> None:
+        assert self.portal_id is not None  # the caller checked
         if self._subscribed_in != self.session.connects_total:
             if not self._alive(now):
                 self._values = VictronValues()  # older than max_age: the (re)subscription brings them anew
-            await self.session.subscribe(f"N/{self.portal_id}/#")
+            await self.session.subscribe(*notification_topics(self.portal_id))
             self._subscribed_in = self.session.connects_total
             self._need_full = True
             self._probe_s = None  # retained values may be all we get: prove the bridge alive at once

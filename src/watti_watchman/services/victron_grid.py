@@ -560,15 +560,15 @@ class VictronGridFeeder:
         self, prefix: str, values: Sequence[tuple[Quantity, float | None]], kind: WriteClass
     ) -> bool:
         """Publish `{"value": …}` to `<prefix>/<venus path>` for each; False when the connection is gone."""
+        if self.provider.write_prefix != prefix:
+            return False  # the service vanished (or the session dropped) since the round began
+        messages = [(f"{prefix}/{quantity.venus_path}", value_payload(value)) for quantity, value in values]
         try:
-            for quantity, value in values:
-                if self.provider.write_prefix != prefix:
-                    return False  # the service vanished (or the session dropped) mid-round: not one more
-                await self.provider.session.publish(f"{prefix}/{quantity.venus_path}", value_payload(value))
-                self.writes[kind] += 1
+            await self.provider.session.publish_many(messages)
         except NotConnectedError:
             self.errors["not_connected"] += 1
             return False
+        self.writes[kind] += len(messages)
         return True
 
     @property

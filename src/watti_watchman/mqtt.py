@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.client import MQTTMessageInfo, error_string
 from paho.mqtt.enums import MQTTErrorCode
@@ -244,11 +245,13 @@ class MqttSession:
     async def publish_many(self, messages: Sequence[tuple[str, bytes | str]]) -> None:
         """Publish QoS 0, not retained, in order; raises NotConnectedError while disconnected.
 
-        The cheap path for frequent small messages (grid values, setpoints). They are handed to
-        paho together and leave with the next socket write, without waiting for each one
-        (`publish` waits ≈0.2 ms of CPU per message for its own write). While earlier messages
-        are still unsent (the broker does not read), this waits until they are written, as
-        `publish` does, so a stalled broker slows the caller down instead of growing a queue.
+        The cheap path for frequent small messages (grid values, setpoints): `publish` costs
+        ≈0.26 ms of CPU per message (a loop round trip and a confirmation each), this ≈0.035 ms
+        (benchmarks, § CPU). With nothing else queued, paho writes the batch at once into the
+        corked socket, without per-message confirmations nobody waits for, and it leaves in one
+        TCP segment. While earlier messages are still unsent (the broker does not read), the
+        batch is queued behind them and this waits until it is written, as `publish` does: a
+        stalled broker slows the caller down instead of growing a queue.
         """
         try:
             client = self._require_client()
@@ -259,8 +262,7 @@ class MqttSession:
                 last_topic, last_payload = messages[-1]
                 await client.publish(last_topic, last_payload, qos=0)  # written: so are those before
             else:
-                for topic, payload in messages:
-                    _queued(paho.publish(topic, payload, qos=0))
+                _write_now(paho, messages)
         except (NotConnectedError, aiomqtt.MqttError) as error:
             self.publish_drops_total += len(messages)
             raise NotConnectedError(str(error)) from error
@@ -299,6 +301,32 @@ class MqttSession:
         yield errors.set(
             ([*labels, reason], count) for reason, count in sorted(self.failures.by_reason.items())
         )
+
+
+def _write_now(paho: mqtt.Client, messages: Sequence[tuple[str, bytes | str]]) -> None:
+    """Write `messages` now, in one TCP segment where the socket can cork; paho's queue is empty.
+
+    Without a write-registration callback paho writes each message at once; without `on_publish`
+    it builds no confirmation objects (aiomqtt awaits none for these). If the socket fills up,
+    the rest stays queued and aiomqtt's writer, registered afterwards, sends it.
+    """
+    sock = paho.socket()
+    if sock is None:
+        raise NotConnectedError("no socket")
+    cork = sock if isinstance(sock, socket.socket) and hasattr(socket, "TCP_CORK") else None
+    register, confirm = paho.on_socket_register_write, paho.on_publish
+    if cork is not None:
+        cork.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    paho.on_socket_register_write, paho.on_publish = None, None
+    try:
+        for topic, payload in messages:
+            _queued(paho.publish(topic, payload, qos=0))
+    finally:
+        paho.on_socket_register_write, paho.on_publish = register, confirm
+        if cork is not None:
+            cork.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # the batch leaves now
+        if paho.want_write() and register is not None:
+            register(paho, paho.user_data_get(), sock)
 
 
 def _queued(info: MQTTMessageInfo) -> None:

@@ -1,6 +1,7 @@
 """The exposition renderer against prometheus_client's own `generate_latest` (the reference)."""
 
 import math
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -10,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from watti_watchman.clock import ManualClock
 from watti_watchman.domain.quantities import Quantity, QuantityValues
 from watti_watchman.latest import Latest
-from watti_watchman.metrics import Exposition, Histogram, format_value
+from watti_watchman.metrics import PROCESS_MAX_AGE_S, Exposition, Histogram, format_value
 
 TABLE: tuple[Quantity, ...] = (
     Quantity(
@@ -137,3 +138,24 @@ def test_format_value_is_prometheus_clients() -> None:
 
     for value in (0, 1, -1, 0.1, 1e-9, 999999.9, 1e6, 1.5e6, -2e7, 12345678.9, math.inf, math.nan, 2**53):
         assert format_value(value) == floatToGoString(value)  # type: ignore[no-untyped-call]
+
+
+def test_process_families_are_read_at_most_once_per_max_age() -> None:
+    """A scrape every 200 ms must not read /proc every time: process_* stay as read for PROCESS_MAX_AGE_S."""
+
+    def cpu_line(body: bytes) -> bytes:
+        return next(line for line in body.splitlines() if line.startswith(b"process_cpu_seconds_total "))
+
+    def burn(cpu_s: float) -> None:
+        started = time.process_time()
+        while time.process_time() - started < cpu_s:
+            pass
+
+    clock = ManualClock()
+    exposition = Exposition(clock=clock)
+    first = cpu_line(exposition.render())
+    burn(0.05)
+    clock.now_s += PROCESS_MAX_AGE_S * 0.9
+    assert cpu_line(exposition.render()) == first, "read again within the max age"
+    clock.now_s += PROCESS_MAX_AGE_S * 0.1
+    assert cpu_line(exposition.render()) != first, "not read again after the max age"

@@ -21,9 +21,12 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from watti_watchman.clock import Clock, monotonic
 from watti_watchman.meters.base import Meter
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+PROCESS_MAX_AGE_S = 1.0
+"""process_* families are read from /proc at most this often (s); scrapes in between reuse them."""
 MAX_CACHED_SERIES = 20_000
 """The series prefix cache is emptied beyond this many entries (label values that keep changing)."""
 
@@ -256,15 +259,26 @@ class _TableExport:
 class Exposition:
     """The /metrics body, rendered on demand from the registered sources."""
 
-    def __init__(self, *, process: bool = True) -> None:
-        """`process`: append prometheus_client's process_* families (RSS, open fds, CPU; Linux)."""
+    def __init__(self, *, process: bool = True, clock: Clock = monotonic) -> None:
+        """`process`: append prometheus_client's process_* families (RSS, open fds, CPU; Linux),
+        read at most every PROCESS_MAX_AGE_S (`clock`: monotonic seconds)."""
         self._emitters: list[Emit] = []
         self._headers: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._prefixes: dict[tuple[object, ...], str] = {}
-        collector = ProcessCollector(registry=None)
-        self._process: tuple[Emit, ...] = (lambda: self._blocks(collector.collect()),) if process else ()
+        self._collector = ProcessCollector(registry=None)
+        self._clock = clock
+        self._process_at_s: float | None = None
+        self._process_blocks: list[Block] = []
+        self._process: tuple[Emit, ...] = (self._process_emit,) if process else ()
         self.last_render_s = 0.0
         """How long the previous render took (s); exported by the next one."""
+
+    def _process_emit(self) -> list[Block]:
+        now_s = self._clock()
+        if self._process_at_s is None or now_s - self._process_at_s >= PROCESS_MAX_AGE_S:
+            self._process_blocks = list(self._blocks(self._collector.collect()))
+            self._process_at_s = now_s
+        return self._process_blocks
 
     def add(self, source: MetricSource | Callable[[], Iterable[Metric]]) -> None:
         """Register a metric source; a meter's quantity table is exported with it."""

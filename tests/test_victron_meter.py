@@ -439,3 +439,29 @@ async def test_values_go_stale_when_gx_falls_silent(
                 lambda: meter.keepalives_by_kind["full"] > fulls, 2.0, "full republish after silence"
             )
             await wait_until(lambda: meter.power.get(MAX_AGE_S) is not None, 2.0)
+
+
+async def test_a_burst_of_values_is_handed_over_once(
+    mqtt_connection: MqttConnectionConfig, unique_id: str
+) -> None:
+    """A GX notifies a dozen values at once: the snapshot is built for the burst, not per message."""
+    venus = gx(mqtt_connection, unique_id)
+    meter = make_meter(mqtt_connection, unique_id)
+
+    def landed(step: int) -> bool:
+        stamped = meter.snapshot.snapshot()
+        return stamped is not None and (stamped.value.ac_in_l1_w, stamped.value.dc_power_w) == (
+            100.0 + step,
+            150.0 + step,
+        )
+
+    async with running(venus, meter):
+        await wait_until(lambda: meter.power.get(MAX_AGE_S) is not None, 3.0, "power")
+        for step in range(1, 4):
+            before = meter.snapshot.seq
+            venus.set_ac_in(100.0 + step, 200.0, 300.0)  # 14 notifications: AC in and out, battery DC
+            venus.set_ac_out(10.0 + step, 20.0, 30.0)
+            venus.set_battery(52.0 + step, 3.0, 150.0 + step)  # the burst's last
+            await wait_until(lambda s=step: landed(s), 2.0, "burst")  # type: ignore[misc]
+            assert meter.power.get(MAX_AGE_S) == PowerSample(100.0 + step, 200.0, 300.0, 600.0 + step)
+            assert meter.snapshot.seq - before <= 7, f"{meter.snapshot.seq - before} hand-overs for 14 values"

@@ -84,6 +84,9 @@ class VictronMeter:
         """Commanding this long (s) before Hub4Mode/passthru alarms may fire."""
         self.commanding_window_s = 5.0
         """Setpoints written within this window (s) count as commanding (and are exported)."""
+        self.derived_settle_s = 0.005
+        """The snapshot, values, battery status and AC-in sample are built this long (s) after the
+        first notification of a burst, once for the whole burst (a GX sends a dozen values at once)."""
         self.session = MqttSession(
             connection,
             f"victron_{config.name}",
@@ -119,6 +122,9 @@ class VictronMeter:
         self.alarms: dict[str, bool] = {"hub4_mode": False, "passthru": False}
         self._wake = asyncio.Event()
         self.families = Families()
+        self._derived_at_s = 0.0
+        self._derived_force = False
+        self._derived_timer: asyncio.TimerHandle | None = None
 
     # -- capabilities ----------------------------------------------------------------------------
 
@@ -333,7 +339,9 @@ class VictronMeter:
             self._values.drop(parsed.service, parsed.instance, spec.key)
         else:
             self._values.store(parsed.service, parsed.instance, spec.key, result.value)
-        self._publish_derived(now, force=revived or probe_answer)
+        force = revived or probe_answer
+        # A new number may wait for the rest of its burst; a value that went away may not.
+        self._publish_derived(now, force=force, settle=result.kind == "value" and not force)
 
     def _on_serial(self, portal_id: str, payload: bytes, now: float) -> None:
         before = set(self._serials)
@@ -388,8 +396,28 @@ class VictronMeter:
             battery_instance=self.config.battery_instance,
         )
 
-    def _publish_derived(self, now: float, *, force: bool) -> None:
+    def _publish_derived(self, now: float, *, force: bool, settle: bool = False) -> None:
+        """Hand the values to consumers, with `settle` only `derived_settle_s` after the first
+        change of a burst (once for the burst), else at once (with whatever is pending).
+
+        The first snapshot always goes out at once. Stamped with the time of the newest
+        notification; `force` re-publishes an unchanged battery status and sample (heartbeat,
+        probe answer, revival).
+        """
+        self._derived_at_s = now
+        self._derived_force = self._derived_force or force
+        if not settle or self.snapshot.seq == 0:  # nothing handed over yet: readiness follows it
+            if self._derived_timer is not None:
+                self._derived_timer.cancel()
+            self._flush_derived()
+        elif self._derived_timer is None:
+            loop = asyncio.get_running_loop()
+            self._derived_timer = loop.call_later(self.derived_settle_s, self._flush_derived)
+
+    def _flush_derived(self) -> None:
         """Hand the values to consumers while the GX is alive; the first once Multi and SOC are known."""
+        self._derived_timer = None
+        now, force, self._derived_force = self._derived_at_s, self._derived_force, False
         if not self._alive(now):
             return
         snapshot = self._build_snapshot()

@@ -215,6 +215,45 @@ class _HassSession:
             return
         self._wake.clear()
 
+    async def run(self) -> None:
+        """Keep the session up; (re-)discover on connect and HA birth; publish a round when woken
+        or after `_round_timeout_s`."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.session.run())
+            group.create_task(self._publish_loop())
+
+    def _round_timeout_s(self) -> float | None:
+        """Longest wait between rounds (None: only when woken)."""
+        return None
+
+    async def _before_round(self) -> None:
+        """Runs before each round while connected."""
+
+    def _discovered(self) -> None:
+        """Runs after each discovery round."""
+
+    async def _publish_round(self) -> None:
+        """The service's own messages of one round."""
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._wait(self._round_timeout_s())
+            if self.stopping or not self.session.is_connected:
+                continue
+            await self._before_round()
+            try:
+                if self._resync.is_set():
+                    self._resync.clear()
+                    await self._send_discovery()
+                    self._discovered()
+                await self._publish_round()
+            except NotConnectedError:
+                self.publish_failures_total += 1
+            # aiomqtt waits for a publish it could not write at once with wait_for, which can
+            # swallow our cancellation; 3.11's TaskGroup never cancels its children a second
+            # time, so a loop that ignored it would hang shutdown ("still stopping hass_feeder").
+            reraise_swallowed_cancel()
+
     async def shutdown(self) -> None:
         """Stop publishing and send `offline` availability (retained): HA marks the entities unavailable."""
         self.stopping = True
@@ -320,28 +359,11 @@ class HassFeeder(_HassSession):
             await asyncio.sleep(0)
         self.last_state_s = self._clock()
 
-    async def run(self) -> None:
-        """Keep the session up; (re-)discover on connect and HA birth; states every update_interval."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self.session.run())
-            group.create_task(self._publish_loop())
+    def _round_timeout_s(self) -> float | None:
+        return self.config.update_interval  # states every update_interval
 
-    async def _publish_loop(self) -> None:
-        while True:
-            await self._wait(self.config.update_interval)
-            if self.stopping or not self.session.is_connected:
-                continue
-            try:
-                if self._resync.is_set():
-                    self._resync.clear()
-                    await self._send_discovery()
-                await self._send_states()
-            except NotConnectedError:
-                self.publish_failures_total += 1
-            # aiomqtt waits for a publish it could not write at once with wait_for, which can
-            # swallow our cancellation; 3.11's TaskGroup never cancels its children a second
-            # time, so a loop that ignored it would hang shutdown ("still stopping hass_feeder").
-            reraise_swallowed_cancel()
+    async def _publish_round(self) -> None:
+        await self._send_states()
 
     def collect_metrics(self) -> Iterable[Metric]:
         """watti_hass_* families of this service plus its MQTT session's."""
@@ -558,34 +580,22 @@ class HassDynamicConfig(_HassSession):
             payload = json.dumps({TARGET_KEY: current.target_w, MODE_KEY: current.mode})
             await self.session.publish(controls.state_topic, payload, retain=self.config.persistent)
 
-    async def run(self) -> None:
-        """Keep the session up; restore (persistent), discover, and echo every change."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self.session.run())
-            group.create_task(self._publish_loop())
-
-    async def _publish_loop(self) -> None:
-        while True:
-            await self._wait(None)
-            if self.stopping or not self.session.is_connected:
-                continue
-            if not self.restored.is_set():
-                try:
-                    async with asyncio.timeout(RESTORE_TIMEOUT_S):
-                        await self.restored.wait()
-                except TimeoutError:
-                    logger.warning("%s: no retained settings confirmed; keeping the defaults", self.name)
-                    self.restored.set()
+    async def _before_round(self) -> None:
+        """Restore (persistent) before the first round: wait for the retained settings."""
+        if not self.restored.is_set():
             try:
-                if self._resync.is_set():
-                    self._resync.clear()
-                    await self._send_discovery()
-                    self._dirty = True
-                if self._dirty:
-                    await self._send_states()
-            except NotConnectedError:
-                self.publish_failures_total += 1
-            reraise_swallowed_cancel()  # as in HassFeeder._publish_loop
+                async with asyncio.timeout(RESTORE_TIMEOUT_S):
+                    await self.restored.wait()
+            except TimeoutError:
+                logger.warning("%s: no retained settings confirmed; keeping the defaults", self.name)
+                self.restored.set()
+
+    def _discovered(self) -> None:
+        self._dirty = True  # echo the settings after every discovery
+
+    async def _publish_round(self) -> None:
+        if self._dirty:  # echo every change
+            await self._send_states()
 
     def collect_metrics(self) -> Iterable[Metric]:
         """watti_hass_* families of this service plus its MQTT session's."""

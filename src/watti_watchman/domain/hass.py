@@ -212,31 +212,18 @@ def number_discovery(
     """Number config (box mode) with its command topic and `value_json.<key>` state."""
     if not minimum < maximum or step <= 0:
         raise DiscoveryError(f"number {key}: need min < max and step > 0")
-    oid, topic, payload = _common(
-        "number",
-        device,
-        key,
-        name,
-        prefix=prefix,
-        availability_topic=availability_topic,
-        sw_version=sw_version,
-    )
-    payload.update(
-        {
-            "command_topic": command_topic,
-            "state_topic": state_topic,
-            "value_template": f"{{{{ value_json.{key} }}}}",
-            "min": minimum,
-            "max": maximum,
-            "step": step,
-            "mode": "box",
-            "unit_of_measurement": unit,
-            "entity_category": "config",
-        }
-    )
+    extra: dict[str, Any] = {
+        "min": minimum,
+        "max": maximum,
+        "step": step,
+        "mode": "box",
+        "unit_of_measurement": unit,
+    }
     if device_class is not None:
-        payload["device_class"] = device_class
-    return Discovery("number", oid, topic, payload)
+        extra["device_class"] = device_class
+    return _setting(
+        "number", device, key, name, extra, prefix, state_topic, command_topic, availability_topic, sw_version
+    )
 
 
 def select_discovery(
@@ -254,8 +241,35 @@ def select_discovery(
     """Select config with its command topic, options and `value_json.<key>` state."""
     if not options:
         raise DiscoveryError(f"select {key}: needs options")
-    oid, topic, payload = _common(
+    return _setting(
         "select",
+        device,
+        key,
+        name,
+        {"options": list(options)},
+        prefix,
+        state_topic,
+        command_topic,
+        availability_topic,
+        sw_version,
+    )
+
+
+def _setting(
+    component: Literal["number", "select"],
+    device: HassDevice,
+    key: str,
+    name: str,
+    extra: dict[str, Any],
+    prefix: str,
+    state_topic: str,
+    command_topic: str,
+    availability_topic: str,
+    sw_version: str,
+) -> Discovery:
+    """A config-category entity commanded on `command_topic`, its state `value_json.<key>`."""
+    oid, topic, payload = _common(
+        component,
         device,
         key,
         name,
@@ -268,11 +282,11 @@ def select_discovery(
             "command_topic": command_topic,
             "state_topic": state_topic,
             "value_template": f"{{{{ value_json.{key} }}}}",
-            "options": list(options),
+            **extra,
             "entity_category": "config",
         }
     )
-    return Discovery("select", oid, topic, payload)
+    return Discovery(component, oid, topic, payload)
 
 
 def validate_discovery(topic: str, payload: Mapping[str, Any], *, sw_version: str) -> None:

@@ -4,6 +4,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from watti_watchman.cli import run_loop
 from watti_watchman.sim.janitza_server import JanitzaServer
 
 CONFIG = """
@@ -47,3 +48,12 @@ async def test_read_meter_prints_one_reading_and_explains_failures(
     code, _, err = await watti("read-meter", "hak", "-c", str(config))
     assert code == 1
     assert f"hak: cannot read 127.0.0.1:{janitza_server.port} unit 1" in err
+
+
+def test_commands_run_on_uvloop() -> None:
+    """`run`, `demo` and `read-meter` run their event loop on uvloop (≈12 % less CPU, § CPU)."""
+
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert run_loop(loop_module()).startswith("uvloop")

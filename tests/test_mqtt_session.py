@@ -14,21 +14,28 @@ from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.mqtt import LastWill, MqttSession, NotConnectedError
 
 
-async def test_publish_subscribe_reconnect_and_will(
-    broker: TestBroker, mqtt_connection: MqttConnectionConfig, unique_id: str
-) -> None:
-    received: list[tuple[str, bytes]] = []
+def listening(
+    connection: MqttConnectionConfig, unique_id: str, received: list[tuple[str, bytes]]
+) -> MqttSession:
+    """A session that appends (topic, payload) of everything below `<unique_id>/` to `received`."""
 
     async def subscribe(session: MqttSession) -> None:
         await session.subscribe(f"{unique_id}/#")
 
-    listener = MqttSession(
-        mqtt_connection,
+    return MqttSession(
+        connection,
         "listener",
         clock=monotonic,
         on_connect=subscribe,
         on_message=lambda topic, payload, _retained: received.append((topic, payload)),
     )
+
+
+async def test_publish_subscribe_reconnect_and_will(
+    broker: TestBroker, mqtt_connection: MqttConnectionConfig, unique_id: str
+) -> None:
+    received: list[tuple[str, bytes]] = []
+    listener = listening(mqtt_connection, unique_id, received)
     talker = MqttSession(
         mqtt_connection, "talker", clock=monotonic, will=LastWill(f"{unique_id}/status", b"offline")
     )
@@ -89,18 +96,8 @@ async def test_publish_many_sends_in_order_and_waits_for_a_stalled_broker(
     mqtt_connection: MqttConnectionConfig, unique_id: str
 ) -> None:
     """Batches leave without a wait per message, in order; a broker that stops reading holds them back."""
-    received: list[bytes] = []
-
-    async def subscribe(session: MqttSession) -> None:
-        await session.subscribe(f"{unique_id}/#")
-
-    listener = MqttSession(
-        mqtt_connection,
-        "listener",
-        clock=monotonic,
-        on_connect=subscribe,
-        on_message=lambda _topic, payload, _retained: received.append(payload),
-    )
+    messages: list[tuple[str, bytes]] = []
+    listener = listening(mqtt_connection, unique_id, messages)
     proxy = LoopbackProxy(mqtt_connection.host, mqtt_connection.port)
     await proxy.start()
     talker = MqttSession(mqtt_connection.model_copy(update={"port": proxy.port}), "talker", clock=monotonic)
@@ -118,8 +115,8 @@ async def test_publish_many_sends_in_order_and_waits_for_a_stalled_broker(
             await talker.publish_many(
                 [(f"{unique_id}/{n % 19}", p) for n, p in enumerate(sent[start : start + 19])]
             )
-        await wait_until(lambda: len(received) >= len(sent), 5.0, "all received")
-        assert received == sent
+        await wait_until(lambda: len(messages) >= len(sent), 5.0, "all received")
+        assert [payload for _, payload in messages] == sent
         assert talker.publishes_total == len(sent)
 
         proxy.stall()
@@ -133,7 +130,7 @@ async def test_publish_many_sends_in_order_and_waits_for_a_stalled_broker(
             pytest.fail("publish_many kept queueing while the broker read nothing")
         proxy.resume()
         await talker.publish_many([(f"{unique_id}/x", b"after")])
-        await wait_until(lambda: received[-1:] == [b"after"], 10.0, "flowing again")
+        await wait_until(lambda: messages[-1][1] == b"after", 10.0, "flowing again")
     finally:
         for task in tasks:
             task.cancel()

@@ -100,15 +100,17 @@ class TimingTuning:
     burst_s: float = 0.012
     """Spacing of reads while searching or re-acquiring a lost change."""
     probe_every: int = 2
-    """After a phase jump one window in this many gets a probe: a jump to an earlier phase is seen
-    within this many windows (re-lock ≤ 2 windows needs 2)."""
+    """After a phase jump (until quiet) one window in this many gets a probe: an early jump is
+    seen within this many windows (re-lock ≤ 2 windows). Every window would also read the window
+    after every early jump in time (p99 ≤ 15 ms on all that can be seen), at 13.3 instead of 11.2
+    reads/s under a jump every 2–4 s (the trade-off table: docs/BENCHMARKS.md § Latency)."""
     quiet_windows: int = 25
     """After this many windows without a slip the meter counts as quiet: probes get sparser."""
     quiet_probe_every: int = 5
     """Probe spacing (windows) of a quiet meter. Every 5th: 5 data reads + 1 probe + ≈1 retry
     ≈ 7 reads/s at 50 Hz, but the first early jump after a quiet spell is seen only within 5
     windows; every 2nd: ≈ 8.5 reads/s and ≤ 2 windows always (the trade-off table:
-    docs/BENCHMARKS.md § Latency, `bench_latency`'s probe-spacing table)."""
+    docs/BENCHMARKS.md § Latency, from `bench_latency`)."""
     fit_points: int = 12
     """Tight change brackets the period least-squares fit uses (newest). A phase jump does not change
     the period: brackets from before it stay in the fit, each run between jumps with its own phase."""
@@ -163,7 +165,8 @@ class PhaseLockedSchedule:
         self._run_points = 0
         self._predicted_s = 0.0
         self._index = 0
-        self._calm = 0
+        self._calm = tuning.quiet_windows
+        """Windows since the last jump or slip (a fresh start is quiet: no jump has been seen)."""
         self._probe_due = True
         self._half_s = 0.0
         """Half-width (s) of the bracket of the predicted change while it is wider than a tight one
@@ -357,8 +360,8 @@ class PhaseLockedSchedule:
             self._add_point((lo_s + hi_s) / 2)
         self._predicted_s = (lo_s + hi_s) / 2
         self._half_s = 0.0 if tight else (hi_s - lo_s) / 2
-        self._index = 0
-        self._calm = 0
+        if self.slips:  # after a jump, not at the first lock: probe densely for a while
+            self._calm = 0
         self._run = 0
         self._advance(1)
 

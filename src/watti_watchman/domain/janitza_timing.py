@@ -185,7 +185,8 @@ class PhaseLockedSchedule:
 
     @property
     def bracket_width_s(self) -> float | None:
-        """Time (s) between the probe and the data read around the next change while locked."""
+        """Time (s) between the probe and the data read around the next change while locked, or the
+        width of the bracket still being narrowed after a re-acquisition."""
         if self.mode != "phase_locked":
             return None
         return 2 * self._half_s if self._half_s else self.tuning.guard_s + self.tuning.margin_s

@@ -99,7 +99,7 @@ class TimingTuning:
     """After a read that still shows the old values, the next follows this soon (for `jump_s`)."""
     burst_s: float = 0.012
     """Spacing of reads while searching or re-acquiring a lost change."""
-    probe_every: int = 2
+    probe_every: int = 1
     """After a phase jump (until quiet) one window in this many gets a probe: an early jump is
     seen within this many windows (re-lock ≤ 2 windows). Every window would also read the window
     after every early jump in time (p99 ≤ 15 ms on all that can be seen), at 13.3 instead of 11.2
@@ -156,6 +156,8 @@ class PhaseLockedSchedule:
         """Phase jumps: the change was found far from its prediction and the fit restarted."""
         self.period_s = period_s
         """Estimated refresh period (s)."""
+        self._period_fitted = False
+        """The period has been fitted once: from then on an early change is a jump, not its error."""
         self._last: ReadTiming | None = None
         self._old_sent_s: float | None = None
         self._search_since_s = -math.inf
@@ -297,7 +299,8 @@ class PhaseLockedSchedule:
         was_late, self._late = self._late, False
         if not self._half_s and shown_s < predicted_s - tuning.guard_s / 2:
             self.slips += 1  # a probe saw the change: it came early, somewhere in (lo, hi]
-            self._calm = 0
+            if self._period_fitted:
+                self._calm = 0
             self.mode = "reacquiring"
             self._reacquire_from_s = lo_s + self.period_s * (1 - tuning.period_tolerance)
             self._search_since_s = read.sent_s
@@ -402,3 +405,4 @@ class PhaseLockedSchedule:
             return
         low, high = (self.nominal_period_s * (1 + s * tuning.period_tolerance) for s in (-1, 1))
         self.period_s = min(high, max(low, covariance / spread))
+        self._period_fitted = True

@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import aiomqtt
-import paho.mqtt.client as mqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.client import MQTTMessageInfo, error_string
 from paho.mqtt.enums import MQTTErrorCode
@@ -242,27 +241,63 @@ class MqttSession:
             raise NotConnectedError(str(error)) from error
         self.publishes_total += 1
 
-    async def publish_many(self, messages: Sequence[tuple[str, bytes | str]]) -> None:
-        """Publish QoS 0, not retained, in order; raises NotConnectedError while disconnected.
+    def publish_together(self, messages: Sequence[tuple[str, bytes | str]]) -> None:
+        """Publish QoS 0 messages as one TCP segment, now: nothing can come between them (not the
+        event loop, not a garbage collection, not Nagle); NotConnectedError while disconnected.
 
-        The cheap path for frequent small messages (grid values, setpoints): `publish` costs
-        ≈0.26 ms of CPU per message (a loop round trip and a confirmation each), this ≈0.035 ms
-        (benchmarks, § CPU). With nothing else queued, paho writes the batch at once into the
-        corked socket, without per-message confirmations nobody waits for, and it leaves in one
-        TCP segment. While earlier messages are still unsent (the broker does not read), the
-        batch is queued behind them and this waits until it is written, as `publish` does: a
-        stalled broker slows the caller down instead of growing a queue.
+        Also the cheap path for frequent messages: `publish` costs ≈0.26 ms of CPU per message
+        (a loop round trip and a confirmation each), this ≈0.035 ms (BENCHMARKS § CPU). With
+        nothing queued before them, paho builds no per-message confirmations (nobody awaits them).
         """
         try:
             client = self._require_client()
-            paho = client._client
-            if paho.want_write():  # messages from before are still queued: back-pressure
-                for topic, payload in messages[:-1]:
-                    _queued(paho.publish(topic, payload, qos=0))
-                last_topic, last_payload = messages[-1]
-                await client.publish(last_topic, last_payload, qos=0)  # written: so are those before
-            else:
-                _write_now(paho, messages)
+            paho_client = client._client
+            sock = paho_client.socket()
+            corked = sock if isinstance(sock, socket.socket) and hasattr(socket, "TCP_CORK") else None
+            if corked is not None:
+                corked.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+            # Written below, not by the event loop's writer: no writer registration (which would
+            # race with a close of the socket) unless something is left to write afterwards.
+            registered = paho_client._registered_write
+            paho_client._registered_write = True
+            confirm = paho_client.on_publish
+            if not paho_client.want_write():  # else a `publish` queued before awaits its confirmation
+                paho_client.on_publish = None
+            try:
+                for topic, payload in messages:
+                    info = paho_client.publish(topic, payload, qos=0)
+                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+                paho_client.loop_write()
+            finally:
+                paho_client.on_publish = confirm
+                if corked is not None:
+                    corked.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # sends the segment
+                if not registered and paho_client._registered_write and paho_client.want_write():
+                    paho_client._registered_write = False
+                    paho_client._call_socket_register_write()  # the rest when the socket allows
+        except (NotConnectedError, aiomqtt.MqttError, OSError) as error:
+            self.publish_drops_total += len(messages)
+            raise NotConnectedError(str(error)) from error
+        self.publishes_total += len(messages)
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes | str]]) -> None:
+        """`publish_together` for a stream of rounds (the grid feed), with back-pressure.
+
+        While earlier messages are still unsent (the broker does not read), the round is queued
+        behind them and this waits until it is written, as `publish` does: a stalled broker slows
+        the caller down instead of growing a queue.
+        """
+        client = self._client
+        if client is None or not self.connected.is_set() or not client._client.want_write():
+            self.publish_together(messages)  # (NotConnectedError, counted, while disconnected)
+            return
+        try:
+            paho_client = client._client
+            for topic, payload in messages[:-1]:
+                _queued(paho_client.publish(topic, payload, qos=0))
+            last_topic, last_payload = messages[-1]
+            await client.publish(last_topic, last_payload, qos=0)  # written: so are those before
         except (NotConnectedError, aiomqtt.MqttError) as error:
             self.publish_drops_total += len(messages)
             raise NotConnectedError(str(error)) from error
@@ -301,32 +336,6 @@ class MqttSession:
         yield errors.set(
             ([*labels, reason], count) for reason, count in sorted(self.failures.by_reason.items())
         )
-
-
-def _write_now(paho: mqtt.Client, messages: Sequence[tuple[str, bytes | str]]) -> None:
-    """Write `messages` now, in one TCP segment where the socket can cork; paho's queue is empty.
-
-    Without a write-registration callback paho writes each message at once; without `on_publish`
-    it builds no confirmation objects (aiomqtt awaits none for these). If the socket fills up,
-    the rest stays queued and aiomqtt's writer, registered afterwards, sends it.
-    """
-    sock = paho.socket()
-    if sock is None:
-        raise NotConnectedError("no socket")
-    cork = sock if isinstance(sock, socket.socket) and hasattr(socket, "TCP_CORK") else None
-    register, confirm = paho.on_socket_register_write, paho.on_publish
-    if cork is not None:
-        cork.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-    paho.on_socket_register_write, paho.on_publish = None, None
-    try:
-        for topic, payload in messages:
-            _queued(paho.publish(topic, payload, qos=0))
-    finally:
-        paho.on_socket_register_write, paho.on_publish = register, confirm
-        if cork is not None:
-            cork.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # the batch leaves now
-        if paho.want_write() and register is not None:
-            register(paho, paho.user_data_get(), sock)
 
 
 def _queued(info: MQTTMessageInfo) -> None:

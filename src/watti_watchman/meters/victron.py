@@ -163,10 +163,13 @@ class VictronMeter:
         if self._setpoint_s is None or now - self._setpoint_s > self.commanding_window_s:
             self._commanding_since_s = now
         values = {phase: int(watts) for phase, watts in sorted(setpoints.items())}
-        # Queued together, the per-phase writes leave back to back (no Nagle gap between them).
-        await self.session.publish_many(
+        # One TCP segment for all phases: no gap between L1 and L2/L3 (a decision is one command).
+        self.session.publish_together(
             [
-                (f"W/{self.portal_id}/vebus/{instance}/Hub4/{phase}/AcPowerSetpoint", f'{{"value": {value}}}')
+                (
+                    f"W/{self.portal_id}/vebus/{instance}/Hub4/{phase}/AcPowerSetpoint",
+                    json.dumps({"value": value}),
+                )
                 for phase, value in values.items()
             ]
         )

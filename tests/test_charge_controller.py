@@ -263,8 +263,12 @@ async def test_trim_removes_a_steady_inverter_offset(make_rig: Any) -> None:
     )
     rig = make_rig(plant, default_controller_config(trim_gain=0.5, deadband=0))
     await rig.start()
-    await rig.advance(3.0)
-    assert sum(plant.grid_w()) > 30  # the offset B − G cannot see
+    await rig.advance(4.0)
+    # B − G cannot see the offset, but the settled battery meter shows it: the trim takes it at
+    # once instead of integrating the grid's 90 W import for ten seconds.
+    assert abs(sum(plant.grid_w())) < 10
+    decision = rig.controller.last_decision
+    assert decision is not None and decision.output.trim_w == pytest.approx(-90, abs=10)
     await rig.advance(20.0)
     assert abs(sum(plant.grid_w())) < 10
     decision = rig.controller.last_decision
@@ -485,7 +489,12 @@ async def test_battery_without_bms_covers_the_load_within_the_soc_table(make_rig
     decision = rig.controller.last_decision
     assert decision is not None and decision.output.limits.bms is BmsUse.ABSENT
     assert plant.soc_percent > 10.5
-    assert abs(mean_grid(rig, 11.5, 12.0).total_w) <= 30  # the battery covers the 2 kW
+    # The battery covers the 2 kW. The Multi's −75 W offset, seen while 0 W was commanded, is in
+    # the trim already; its 3 % gain error on the step leaves a brief import, never an export,
+    # until the settled battery shows the error at the new operating point.
+    assert 0 <= mean_grid(rig, 11.5, 12.0).total_w <= 100
+    await rig.advance(2.0)
+    assert abs(mean_grid(rig, 13.5, 14.0).total_w) <= 15
     while plant.soc_percent > 9.5:
         await rig.advance(0.2)
     await rig.advance(1.5)

@@ -267,7 +267,9 @@ def _shape(
     discharge_factor = limits.max_discharge_w / discharging if discharge_clamped else 1.0
     limited = [w * (charge_factor if w > 0 else discharge_factor) for w in wanted]
     if params.regulation == "total":
-        setpoints = _split_total(int(limited[0]), len(params.phases))
+        # Clamped exactly: w × (limit / w) can come out a hair inside the limit and truncate 1 W short.
+        total_w = min(limits.max_charge_w, max(-limits.max_discharge_w, wanted[0]))
+        setpoints = _split_total(int(total_w), len(params.phases))
     else:
         setpoints = [int(w) for w in limited]
     return _Command(_enforce(setpoints, limits), raw_w, charge_clamped, discharge_clamped, slewed)
@@ -331,10 +333,12 @@ def _observed_trim(
     is the actuator's error at this operating point, read off the battery meter alone (the load
     does not enter it), where the integrator would take seconds to find it from the grid (a Multi's
     offset, seen even while the command is clamped at 0 W; the share of a step its gain error
-    leaves). It is also the integrator's fixed point, so the two never pull apart. None when not
-    settled, when it differs from the trim by no more than `actuator_error_w` (the integrator's
-    job), or when it exceeds the trim limit: that is a battery not following (full, empty, BMS),
-    not an actuator error.
+    leaves). It is also the integrator's fixed point, so the two never pull apart. Taken only
+    where the battery delivers less charge (more discharge) than the trim expects by more than
+    `actuator_error_w`, i.e. where the error exports; an error toward import stays the
+    integrator's, like everything the deadband holds (per phase: only phases short that way move).
+    None when not settled, not short that way, or beyond the trim limit: that is a battery not
+    following (full, empty, BMS), not an actuator error.
     """
     tuning = params.tuning
     if (
@@ -354,13 +358,13 @@ def _observed_trim(
         shares = {p: state.setpoints.get(p, 0) - battery.phase_w(p) * scale for p in params.phases}
     if any(abs(value) > bound_w for value in shares.values()):
         return None
-    observed = dict(shares)
     trim = {p: state.trim_w.get(p, 0.0) for p in params.phases}
     if params.regulation == "total":
-        off_w = abs(sum(observed.values()) - sum(trim.values()))
-    else:
-        off_w = max(abs(observed[p] - trim[p]) for p in params.phases)
-    return observed if off_w > tuning.actuator_error_w else None
+        short_w = sum(shares.values()) - sum(trim.values())
+        return shares if short_w > tuning.actuator_error_w else None
+    if max(shares[p] - trim[p] for p in params.phases) <= tuning.actuator_error_w:
+        return None
+    return {p: max(trim[p], shares[p]) for p in params.phases}
 
 
 def _learn(

@@ -37,10 +37,23 @@ async def test_bms_limits_that_vanish_on_the_gx_degrade_auto_safely(
     meter = make_meter(mqtt_connection, unique_id)
     async with running(venus, meter):
         venus.set_bms_limits(80.0, 120.0)
-        await wait_until(lambda: (s := status(meter)) is not None and s.max_charge_current_a == 80.0, 3.0)
+        # The two limits arrive as separate messages: wait for both, not just the first.
+        await wait_until(
+            lambda: (
+                (s := status(meter)) is not None
+                and (s.max_charge_current_a, s.max_discharge_current_a) == (80.0, 120.0)
+            ),
+            3.0,
+        )
         use, tracking = track_bms("auto", status(meter), NO_BMS_SEEN, 0.2, 10.0)
         assert use is BmsUse.ENFORCED and tracking.seen
         venus.set_bms_limits(None, None)  # the BMS dropped off the CAN bus: null on the GX
-        await wait_until(lambda: (s := status(meter)) is not None and s.max_charge_current_a is None, 3.0)
+        await wait_until(
+            lambda: (
+                (s := status(meter)) is not None
+                and (s.max_charge_current_a, s.max_discharge_current_a) == (None, None)
+            ),
+            3.0,
+        )
         use, tracking = track_bms("auto", status(meter), tracking, 60.0, 10.0)
         assert use is BmsUse.MISSING and tracking.seen

@@ -63,5 +63,8 @@ class VictronConfig(MeterConfig):
         default="auto", description="Keepalive dialect: FlashMQ options or the old dbus-mqtt bridge."
     )
     max_age: float = Field(
-        default=10.0, gt=0, le=120, description="GX silent (no heartbeat, no probe reply) for longer: values stale (s)."
+        default=10.0,
+        gt=0,
+        le=120,
+        description="GX silent (no heartbeat, no probe reply) for longer: values stale (s).",
     )

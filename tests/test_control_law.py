@@ -783,3 +783,20 @@ def test_the_actuator_error_is_not_read_off_a_battery_that_does_not_follow() -> 
     for _ in range(30):  # commanded about −1000 W, the battery stays at 0 W
         state = run(1000, 0, 50, params=params, state=state).state
     assert sum(state.trim_w.values()) == 0  # the integrator is frozen too (grid far from target)
+
+
+def test_per_phase_the_battery_shows_each_phase_error_and_only_exporting_phases_move() -> None:
+    """per_phase: L1's Multi discharges 40 W more than commanded (exports), L2's 40 W less."""
+    params = replace(PARAMS, regulation="per_phase", trim_gain_per_s=0.2, trim_limit_w=300)
+    offsets = {"L1": -40.0, "L2": 40.0, "L3": 0.0}
+    state = STATE
+    battery = dict.fromkeys(PHASES, 0.0)
+    for _ in range(12):
+        grid = PowerSample(*(700 + battery[p] for p in PHASES), 2100 + sum(battery.values()))
+        sample = PowerSample(*(battery[p] for p in PHASES), sum(battery.values()))
+        output = decide(params, LawInputs(grid, sample, status(50), 0, "both", 0.2), state)
+        state = output.state
+        battery = {p: output.setpoints[p] + offsets[p] for p in PHASES}
+    assert state.trim_w["L1"] == pytest.approx(40, abs=1)  # read off the battery at once
+    assert state.trim_w["L2"] <= 0  # an import: the integrator's, not the observer's
+    assert state.trim_w["L3"] == pytest.approx(0, abs=1)

@@ -792,8 +792,9 @@ def test_per_phase_the_battery_shows_each_phase_error_and_only_exporting_phases_
     state = STATE
     battery = dict.fromkeys(PHASES, 0.0)
     for _ in range(12):
-        grid = PowerSample(*(700 + battery[p] for p in PHASES), 2100 + sum(battery.values()))
-        sample = PowerSample(*(battery[p] for p in PHASES), sum(battery.values()))
+        l1, l2, l3 = (battery[p] for p in PHASES)
+        grid = PowerSample(700 + l1, 700 + l2, 700 + l3, 2100 + l1 + l2 + l3)
+        sample = PowerSample(l1, l2, l3, l1 + l2 + l3)
         output = decide(params, LawInputs(grid, sample, status(50), 0, "both", 0.2), state)
         state = output.state
         battery = {p: output.setpoints[p] + offsets[p] for p in PHASES}

@@ -7,27 +7,35 @@ import socket
 import pytest
 
 from tests.support.brokers import TestBroker
+from tests.support.proxy import LoopbackProxy
 from tests.support.waiting import wait_until
 from watti_watchman.clock import monotonic
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.mqtt import LastWill, MqttSession, NotConnectedError
 
 
-async def test_publish_subscribe_reconnect_and_will(
-    broker: TestBroker, mqtt_connection: MqttConnectionConfig, unique_id: str
-) -> None:
-    received: list[tuple[str, bytes]] = []
+def listening(
+    connection: MqttConnectionConfig, unique_id: str, received: list[tuple[str, bytes]]
+) -> MqttSession:
+    """A session that subscribes to `unique_id/#` on every connect and collects what arrives."""
 
     async def subscribe(session: MqttSession) -> None:
         await session.subscribe(f"{unique_id}/#")
 
-    listener = MqttSession(
-        mqtt_connection,
+    return MqttSession(
+        connection,
         "listener",
         clock=monotonic,
         on_connect=subscribe,
         on_message=lambda topic, payload, _retained: received.append((topic, payload)),
     )
+
+
+async def test_publish_subscribe_reconnect_and_will(
+    broker: TestBroker, mqtt_connection: MqttConnectionConfig, unique_id: str
+) -> None:
+    received: list[tuple[str, bytes]] = []
+    listener = listening(mqtt_connection, unique_id, received)
     talker = MqttSession(
         mqtt_connection, "talker", clock=monotonic, will=LastWill(f"{unique_id}/status", b"offline")
     )
@@ -82,3 +90,45 @@ async def test_the_connection_sends_without_nagle_delay(mqtt_connection: MqttCon
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_publish_together_sends_the_messages_in_one_segment_at_once(
+    mqtt_connection: MqttConnectionConfig, unique_id: str
+) -> None:
+    """A decision's per-phase writes leave in one TCP segment during the call: nothing (the event
+    loop, a garbage collection, Nagle) can come between L1 and L2/L3."""
+    heard: list[tuple[str, bytes]] = []
+    listener = listening(mqtt_connection, unique_id, heard)
+    proxy = LoopbackProxy(mqtt_connection.host, mqtt_connection.port)
+    await proxy.start()
+    talker = MqttSession(mqtt_connection.model_copy(update={"port": proxy.port}), "control", clock=monotonic)
+    topics = [f"{unique_id}/L{n}/AcPowerSetpoint" for n in (1, 2, 3)]
+    with pytest.raises(NotConnectedError):
+        talker.publish_together([(topic, b"{}") for topic in topics])
+    assert talker.publish_drops_total == 3
+    tasks = [asyncio.create_task(listener.run()), asyncio.create_task(talker.run())]
+    try:
+        await wait_until(lambda: listener.is_connected and talker.is_connected)
+
+        async def until_subscribed() -> None:
+            while f"{unique_id}/ready" not in [topic for topic, _ in heard]:
+                talker.publish_together([(f"{unique_id}/ready", b"")])
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(until_subscribed(), 10)
+        heard.clear()
+        before, published = len(proxy.upstream_reads), talker.publishes_total
+        talker.publish_together([(topic, b'{"value": 1}') for topic in topics])
+        client = talker._client
+        assert client is not None
+        assert not client._client._out_packet, "written during the call, not queued for the event loop"
+        await wait_until(lambda: len(heard) == 3, 5, "all three delivered")
+        assert [topic for topic, _ in heard] == topics
+        [segment] = [data for data in proxy.upstream_reads[before:] if topics[0].encode() in data]
+        assert all(topic.encode() in segment for topic in topics), "one read holds all three"
+        assert talker.publishes_total == published + 3
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        proxy.close()

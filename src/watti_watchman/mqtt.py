@@ -4,11 +4,12 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client.core import Metric
 
@@ -239,6 +240,37 @@ class MqttSession:
             self.publish_drops_total += 1
             raise NotConnectedError(str(error)) from error
         self.publishes_total += 1
+
+    def publish_together(self, messages: Sequence[tuple[str, bytes | str]]) -> None:
+        """Publish QoS 0 messages as one TCP segment, now: nothing can come between them (not the
+        event loop, not a garbage collection, not Nagle); NotConnectedError while disconnected."""
+        try:
+            client = self._require_client()
+            paho_client = client._client
+            sock = paho_client.socket()
+            corked = sock if isinstance(sock, socket.socket) and hasattr(socket, "TCP_CORK") else None
+            if corked is not None:
+                corked.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+            # Written below, not by the event loop's writer: no writer registration (which would
+            # race with a close of the socket) unless something is left to write afterwards.
+            registered = paho_client._registered_write
+            paho_client._registered_write = True
+            try:
+                for topic, payload in messages:
+                    info = paho_client.publish(topic, payload, qos=0)
+                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+                paho_client.loop_write()
+            finally:
+                if corked is not None:
+                    corked.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # sends the segment
+                if not registered and paho_client._registered_write and paho_client.want_write():
+                    paho_client._registered_write = False
+                    paho_client._call_socket_register_write()  # the rest when the socket allows
+        except (NotConnectedError, aiomqtt.MqttError, OSError) as error:
+            self.publish_drops_total += len(messages)
+            raise NotConnectedError(str(error)) from error
+        self.publishes_total += len(messages)
 
     async def close_gracefully(self, topic: str, payload: bytes | str, *, retain: bool = False) -> None:
         """Best-effort final publish (e.g. `connected: 0`) before shutdown; never raises."""

@@ -12,6 +12,8 @@ class LoopbackProxy:
         self.target = (host, port)
         self.black_hole = black_hole
         self.port = 0
+        self.upstream_reads: list[bytes] = []
+        """Each read from a client on its way to the broker (how the client's bytes were segmented)."""
         self._writers: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
 
@@ -36,6 +38,8 @@ class LoopbackProxy:
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
             with contextlib.suppress(ConnectionError):
                 while data := await source.read(65536):
+                    if sink is up_writer:
+                        self.upstream_reads.append(data)
                     sink.write(data)
                     await sink.drain()
             sink.transport.abort()

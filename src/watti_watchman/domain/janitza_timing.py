@@ -99,18 +99,24 @@ class TimingTuning:
     """After a read that still shows the old values, the next follows this soon (for `jump_s`)."""
     burst_s: float = 0.012
     """Spacing of reads while searching or re-acquiring a lost change."""
-    settle_windows: int = 10
-    """After a lock or a slip every window gets a probe for this many windows."""
-    probe_every: int = 2
-    """Then one window in this many gets a probe: an early change is seen within this many windows."""
+    probe_every: int = 1
+    """After a phase jump (until quiet) one window in this many gets a probe: an early jump is
+    seen within this many windows (re-lock ≤ 2 windows). Every window would also read the window
+    after every early jump in time (p99 ≤ 15 ms on all that can be seen), at 13.3 instead of 11.2
+    reads/s under a jump every 2–4 s (the trade-off table: docs/BENCHMARKS.md § Latency)."""
     quiet_windows: int = 25
     """After this many windows without a slip the meter counts as quiet: probes get sparser."""
     quiet_probe_every: int = 5
-    """Probe spacing (windows) of a quiet meter: 5 × (1 + 1/5 + retries) ≈ 7 reads/s at 50 Hz."""
-    fit_points: int = 6
-    """Tight change brackets the period least-squares fit uses (newest)."""
-    fit_span: int = 8
-    """Windows the fitted brackets must span before the period estimate changes."""
+    """Probe spacing (windows) of a quiet meter. Every 5th: 5 data reads + 1 probe + ≈1 retry
+    ≈ 7 reads/s at 50 Hz, but the first early jump after a quiet spell is seen only within 5
+    windows; every 2nd: ≈ 8.5 reads/s and ≤ 2 windows always (the trade-off table:
+    docs/BENCHMARKS.md § Latency, from `bench_latency`)."""
+    fit_points: int = 12
+    """Tight change brackets the period least-squares fit uses (newest). A phase jump does not change
+    the period: brackets from before it stay in the fit, each run between jumps with its own phase."""
+    fit_span: int = 12
+    """Windows the fitted brackets must span (summed over runs) before the period estimate changes:
+    over 12 windows ±2 ms of update jitter moves the slope by at most ±0.33 ms per window."""
     tight_slack_s: float = 0.001
     """A bracket is tight (enters the fit) when at most the read spacing + 2 round trips + this."""
     jump_s: float = 0.008
@@ -127,14 +133,17 @@ class PhaseLockedSchedule:
     """Reads just after each predicted refresh of a meter whose nominal period is `period_s`.
 
     Modes: `searching` (burst reads until a change is seen), `phase_locked` (a data read
-    `margin_s` after each predicted change, a probe `guard_s` before it while settling and every
-    few windows after), `reacquiring` (a probe saw a change earlier than predicted: burst through
-    the window where the next one must be) and `fixed` (no change within `search_periods`:
-    polling every `fixed_interval_s` until the values change regularly again).
+    `margin_s` after each predicted change and a probe `guard_s` before it every `probe_every`-th
+    window, every `quiet_probe_every`-th once quiet), `reacquiring` (a probe saw a change earlier
+    than predicted: a scan every `burst_s` through the window where the next one must be) and
+    `fixed` (no change within `search_periods`: polling every `fixed_interval_s` until the values
+    change regularly again).
 
     The phase moves toward each tight bracket (a data read that came too early and its retries)
-    and creeps earlier while the data reads find the change already there; the period is a
-    least-squares fit over the tight brackets, restarted on each phase jump.
+    and creeps earlier while the data reads find the change already there; after a re-acquisition
+    the scan's bracket is narrowed by bisection: the data read goes to its middle, so each window
+    halves it (or its retries find the change) without an extra read. The period is a least-squares
+    fit over the tight brackets, one phase per run between jumps (a jump does not change the period).
     """
 
     def __init__(self, period_s: float, tuning: TimingTuning = TimingTuning()) -> None:
@@ -147,14 +156,23 @@ class PhaseLockedSchedule:
         """Phase jumps: the change was found far from its prediction and the fit restarted."""
         self.period_s = period_s
         """Estimated refresh period (s)."""
+        self._period_fitted = False
+        """The period has been fitted once: from then on an early change is a jump, not its error."""
         self._last: ReadTiming | None = None
         self._old_sent_s: float | None = None
         self._search_since_s = -math.inf
-        self._points: deque[tuple[int, float]] = deque(maxlen=tuning.fit_points)
+        self._points: deque[tuple[int, int, float]] = deque(maxlen=tuning.fit_points)
+        """(run, window index, change time s) of tight brackets; a run ends at each phase jump."""
+        self._run_id = 0
+        self._run_points = 0
         self._predicted_s = 0.0
         self._index = 0
-        self._calm = 0
+        self._calm = tuning.quiet_windows
+        """Windows since the last jump or slip (a fresh start is quiet: no jump has been seen)."""
         self._probe_due = True
+        self._half_s = 0.0
+        """Half-width (s) of the bracket of the predicted change while it is wider than a tight one
+        (after a re-acquisition): the data read then splits it (bisection); 0 otherwise."""
         self._late = False
         self._run = 0
         self._reacquire_from_s = 0.0
@@ -169,8 +187,11 @@ class PhaseLockedSchedule:
 
     @property
     def bracket_width_s(self) -> float | None:
-        """Time (s) between the probe and the data read around the next change while locked."""
-        return self.tuning.guard_s + self.tuning.margin_s if self.mode == "phase_locked" else None
+        """Time (s) between the probe and the data read around the next change while locked, or the
+        width of the bracket still being narrowed after a re-acquisition."""
+        if self.mode != "phase_locked":
+            return None
+        return 2 * self._half_s if self._half_s else self.tuning.guard_s + self.tuning.margin_s
 
     @property
     def implied_frequency_hz(self) -> float:
@@ -192,11 +213,13 @@ class PhaseLockedSchedule:
             return max(self._reacquire_from_s, last.sent_s + tuning.burst_s)
         predicted_s = self._predicted_s
         if self._late:
-            near = last.sent_s < predicted_s + tuning.jump_s
+            near = last.sent_s < predicted_s + self._half_s + tuning.jump_s
             return last.sent_s + (tuning.retry_s if near else tuning.burst_s)
         # A reply shows the values of about half its round trip after it was sent, and a read
         # goes out about `_wake_s` after it was planned.
         early_s = self._rtt_s / 2 + self._wake_s
+        if self._half_s:  # bisecting: one read in the middle of the bracket halves it, no probe
+            return max(predicted_s - early_s, last.sent_s + tuning.retry_s)
         probe_s = predicted_s - tuning.guard_s - early_s
         if self._probe_due and last.sent_s < probe_s:
             return probe_s
@@ -232,8 +255,11 @@ class PhaseLockedSchedule:
             bracket = ChangeEstimate((lo_s + hi_s) / 2, (hi_s - lo_s) / 2)
             if self.mode == "reacquiring" and abs(bracket.at_s - self._predicted_s) <= 2 * self.tuning.jump_s:
                 self.mode = "phase_locked"  # drift, not a jump: the fit goes on
-                self._points.append((self._index, bracket.at_s))
-                self._fit()
+                if hi_s - lo_s <= self._tight_s(self.tuning.retry_s):
+                    self._add_point(bracket.at_s)
+                    self._half_s = 0.0
+                else:
+                    self._half_s = bracket.uncertainty_s
                 self._predicted_s, self._run = bracket.at_s, 0
                 self._advance(self._index + 1)
             elif self.mode == "reacquiring" or hi_s - lo_s <= self._tight_s(self.tuning.burst_s):
@@ -271,27 +297,35 @@ class PhaseLockedSchedule:
         hi_s = read.arrived_s
         bracket = ChangeEstimate((lo_s + hi_s) / 2, (hi_s - lo_s) / 2)
         was_late, self._late = self._late, False
-        if shown_s < predicted_s - tuning.guard_s / 2:
+        if not self._half_s and shown_s < predicted_s - tuning.guard_s / 2:
             self.slips += 1  # a probe saw the change: it came early, somewhere in (lo, hi]
-            self._calm = 0
+            if self._period_fitted:
+                self._calm = 0
             self.mode = "reacquiring"
             self._reacquire_from_s = lo_s + self.period_s * (1 - tuning.period_tolerance)
             self._search_since_s = read.sent_s
             self._advance(self._index + 1)
             return bracket
-        if was_late and lo_s > predicted_s + tuning.jump_s:
+        if was_late and lo_s > predicted_s + self._half_s + tuning.jump_s:
             self.slips += 1  # later than predicted beyond the jitter: a phase jump
             self.reacquisitions += 1
             self._lock(lo_s, hi_s)
             return bracket
         tight = hi_s - lo_s <= self._tight_s(tuning.retry_s)
         if tight:
-            self._points.append((self._index, bracket.at_s))
-            self._fit()
-        if tight:
-            gain = max(tuning.phase_gain, 1 / len(self._points))
+            self._add_point(bracket.at_s)
+            gain = max(tuning.phase_gain, 1 / self._run_points)
             self._predicted_s += gain * (bracket.at_s - self._predicted_s)
             self._run = 0
+            self._half_s = 0.0
+        elif self._half_s:  # the splitting read came after the change: it was in the lower half
+            floor_s = max(lo_s, predicted_s - self._half_s)
+            bracket = ChangeEstimate((floor_s + hi_s) / 2, max(0.0, hi_s - floor_s) / 2)
+            self._predicted_s = bracket.at_s
+            narrow = 2 * bracket.uncertainty_s <= self._tight_s(tuning.retry_s)
+            self._half_s = 0.0 if narrow else bracket.uncertainty_s
+            self._advance(self._index + 1)
+            return bracket
         else:
             self._run += 1
             excess = max(0, self._run - tuning.creep_windows)
@@ -322,12 +356,16 @@ class PhaseLockedSchedule:
     def _lock(self, lo_s: float, hi_s: float) -> None:
         """Restart the phase at this change (window 0); the period estimate is kept."""
         self.mode = "phase_locked"
-        self._points.clear()
-        if hi_s - lo_s <= self._tight_s(self.tuning.retry_s):
-            self._points.append((0, (lo_s + hi_s) / 2))
-        self._predicted_s = (lo_s + hi_s) / 2
+        self._run_id += 1
+        self._run_points = 0
         self._index = 0
-        self._calm = 0
+        tight = hi_s - lo_s <= self._tight_s(self.tuning.retry_s)
+        if tight:
+            self._add_point((lo_s + hi_s) / 2)
+        self._predicted_s = (lo_s + hi_s) / 2
+        self._half_s = 0.0 if tight else (hi_s - lo_s) / 2
+        if self.slips:  # after a jump, not at the first lock: probe densely for a while
+            self._calm = 0
         self._run = 0
         self._advance(1)
 
@@ -338,17 +376,33 @@ class PhaseLockedSchedule:
         self._index = index
         self._calm += 1
         every = tuning.probe_every if self._calm < tuning.quiet_windows else tuning.quiet_probe_every
-        self._probe_due = self._calm <= tuning.settle_windows or index % every == 0
+        self._probe_due = index % every == 0
+
+    def _add_point(self, change_s: float) -> None:
+        """A tight bracket around the change of the current window: into the period fit."""
+        self._points.append((self._run_id, self._index, change_s))
+        self._run_points += 1
+        self._fit()
 
     def _fit(self) -> None:
-        """Least-squares slope of change time over window index, clamped to the tolerance."""
-        points, tuning = self._points, self.tuning
-        count = len(points)
-        if count < 3 or points[-1][0] - points[0][0] < tuning.fit_span:
+        """Least-squares slope of change time over window index (one intercept per run between phase
+        jumps), clamped to the tolerance."""
+        tuning = self.tuning
+        runs: dict[int, list[tuple[int, float]]] = {}
+        for run, k, t in self._points:
+            runs.setdefault(run, []).append((k, t))
+        spread = covariance = 0.0
+        span = 0
+        for points in runs.values():
+            if len(points) < 2:
+                continue
+            mean_k = sum(k for k, _ in points) / len(points)
+            mean_t = sum(t for _, t in points) / len(points)
+            spread += sum((k - mean_k) ** 2 for k, _ in points)
+            covariance += sum((k - mean_k) * (t - mean_t) for k, t in points)
+            span += points[-1][0] - points[0][0]
+        if len(self._points) < 3 or span < tuning.fit_span or spread == 0.0:
             return
-        mean_k = sum(k for k, _ in points) / count
-        mean_t = sum(t for _, t in points) / count
-        spread = sum((k - mean_k) ** 2 for k, _ in points)
-        slope = sum((k - mean_k) * (t - mean_t) for k, t in points) / spread
         low, high = (self.nominal_period_s * (1 + s * tuning.period_tolerance) for s in (-1, 1))
-        self.period_s = min(high, max(low, slope))
+        self.period_s = min(high, max(low, covariance / spread))
+        self._period_fitted = True

@@ -156,15 +156,15 @@ class VictronMeter:
         if self._setpoint_s is None or now - self._setpoint_s > self.commanding_window_s:
             self._commanding_since_s = now
         values = {phase: int(watts) for phase, watts in sorted(setpoints.items())}
-        # Queued together, the per-phase writes leave in one socket write (no Nagle gap between them).
-        await asyncio.gather(
-            *(
-                self.session.publish(
+        # One TCP segment for all phases: no gap between L1 and L2/L3 (a decision is one command).
+        self.session.publish_together(
+            [
+                (
                     f"W/{self.portal_id}/vebus/{instance}/Hub4/{phase}/AcPowerSetpoint",
                     json.dumps({"value": value}),
                 )
                 for phase, value in values.items()
-            )
+            ]
         )
         for phase, value in values.items():
             self._setpoints[phase] = value

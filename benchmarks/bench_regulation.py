@@ -24,7 +24,7 @@ import yaml
 
 from benchmarks.support import print_table
 from watti_watchman.config.services import ChargeControllerConfig
-from watti_watchman.sim.meter_clock import DISTURBED, FIELD, MeterTiming
+from watti_watchman.sim.meter_clock import DISTURBED, FIELD, PERFECT, MeterTiming
 from watti_watchman.sim.plant import PRESETS
 from watti_watchman.sim.scenario import bundled_scenarios, load_scenario
 from watti_watchman.sim.score import Score, score
@@ -84,8 +84,9 @@ class Row:
         return self.ours.reversals >= 2 and self.ours.reversals > self.meter_oracle.reversals
 
 
-TIMINGS = {"disturbed": DISTURBED, "field": FIELD}
-"""Meter windows: the field's wander and jitter, plus (disturbed) a phase jump every 2–4 s."""
+TIMINGS = {"disturbed": DISTURBED, "field": FIELD, "perfect": PERFECT}
+"""Meter windows: the field's wander and jitter, plus (disturbed) a phase jump every 2–4 s;
+`perfect` is an exact 200 ms grid (steps then fall on window boundaries)."""
 
 
 def measure(

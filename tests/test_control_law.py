@@ -399,6 +399,7 @@ states = st.builds(
     st.one_of(st.none(), st.builds(PowerSample, finite, finite, finite, finite)),
     st.builds(BmsTracking, st.booleans(), st.floats(0, 20)),
     st.builds(GainLearning, st.floats(-0.15, 0.15), st.floats(0, 5), st.none() | st.tuples(finite, finite)),
+    st.floats(0, 5),
 )
 
 
@@ -755,3 +756,48 @@ def test_a_battery_that_does_not_follow_teaches_no_gain() -> None:
         output = decide(params, LawInputs(grid, even(battery_w), status(50), 0, "both", 0.2), state)
         state, battery_w = output.state, min(0.0, float(output.total_w))  # full: it never charges
     assert state.gain.correction == pytest.approx(0.0, abs=0.005)
+
+
+def test_a_settled_battery_shows_the_actuator_error_at_once() -> None:
+    """The battery meter shows what the Multi delivers: the trim takes that error in one decision."""
+    params = replace(PARAMS, trim_gain_per_s=0.2, trim_limit_w=300)
+    state, battery_w = STATE, -90.0  # 0 W commanded so far: the Multi's −90 W offset shows
+    exporting: list[int] = []
+    for index in range(40):  # a 2 kW load, on a Multi delivering 0.97 × setpoint − 90 W
+        grid_w = 2000 + battery_w
+        output = decide(params, LawInputs(even(grid_w), even(battery_w), status(50), 0, "both", 0.2), state)
+        state, battery_w = output.state, 0.97 * output.total_w - 90
+        if grid_w < -2:
+            exporting.append(index)
+    # −2000 W commanded gives −2030 W: 30 W exported until the trim holds the error. The
+    # integrator alone (0.2/s) takes over 30 decisions; read off the settled battery: at once.
+    assert exporting and max(exporting) <= 8
+    assert abs(2000 + battery_w) <= 2
+    assert sum(state.trim_w.values()) == pytest.approx(0.03 * output.total_w + 90, abs=2)
+
+
+def test_the_actuator_error_is_not_read_off_a_battery_that_does_not_follow() -> None:
+    """A battery far off its command (full, empty, BMS): more than the trim may hold, ignored."""
+    params = replace(PARAMS, trim_gain_per_s=0.2, trim_limit_w=300)
+    state = STATE
+    for _ in range(30):  # commanded about −1000 W, the battery stays at 0 W
+        state = run(1000, 0, 50, params=params, state=state).state
+    assert sum(state.trim_w.values()) == 0  # the integrator is frozen too (grid far from target)
+
+
+def test_per_phase_the_battery_shows_each_phase_error_and_only_exporting_phases_move() -> None:
+    """per_phase: L1's Multi discharges 40 W more than commanded (exports), L2's 40 W less."""
+    params = replace(PARAMS, regulation="per_phase", trim_gain_per_s=0.2, trim_limit_w=300)
+    offsets = {"L1": -40.0, "L2": 40.0, "L3": 0.0}
+    state = STATE
+    battery = dict.fromkeys(PHASES, 0.0)
+    for _ in range(12):
+        l1, l2, l3 = (battery[p] for p in PHASES)
+        grid = PowerSample(700 + l1, 700 + l2, 700 + l3, 2100 + l1 + l2 + l3)
+        sample = PowerSample(l1, l2, l3, l1 + l2 + l3)
+        output = decide(params, LawInputs(grid, sample, status(50), 0, "both", 0.2), state)
+        state = output.state
+        battery = {p: output.setpoints[p] + offsets[p] for p in PHASES}
+    assert state.trim_w["L1"] == pytest.approx(40, abs=1)  # read off the battery at once
+    assert state.trim_w["L2"] <= 0  # an import: the integrator's, not the observer's
+    assert state.trim_w["L3"] == pytest.approx(0, abs=1)

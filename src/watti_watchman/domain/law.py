@@ -121,6 +121,9 @@ class LawState:
     battery: PowerSample | None = None
     bms: BmsTracking = NO_BMS_SEEN
     gain: GainLearning = NOTHING_LEARNED
+    held_s: float = 0.0
+    """How long the setpoints in force have stood (s); changes up to a quarter of
+    `Tuning.actuator_error_w` (rounding, the integrator's creep) do not count."""
 
 
 def initial_state(phases: Sequence[Phase]) -> LawState:
@@ -264,7 +267,9 @@ def _shape(
     discharge_factor = limits.max_discharge_w / discharging if discharge_clamped else 1.0
     limited = [w * (charge_factor if w > 0 else discharge_factor) for w in wanted]
     if params.regulation == "total":
-        setpoints = _split_total(int(limited[0]), len(params.phases))
+        # Clamped exactly: w × (limit / w) can come out a hair inside the limit and truncate 1 W short.
+        total_w = min(limits.max_charge_w, max(-limits.max_discharge_w, wanted[0]))
+        setpoints = _split_total(int(total_w), len(params.phases))
     else:
         setpoints = [int(w) for w in limited]
     return _Command(_enforce(setpoints, limits), raw_w, charge_clamped, discharge_clamped, slewed)
@@ -314,6 +319,52 @@ def _next_trim(
         value = trim.get(phase, 0.0) + params.trim_gain_per_s * dt_s * error_w
         result[phase] = min(bound_w, max(-bound_w, value))
     return result
+
+
+def _observed_trim(
+    params: LawParameters, battery: PowerSample, state: LawState, dt_s: float
+) -> dict[Phase, float] | None:
+    """The trim that makes the actuator model true for a battery settled on the setpoints in force.
+
+    The law commands S = (B − G + T) × (1 + c) + trim, i.e. it expects the battery to deliver
+    (S − trim) / (1 + c). Once the setpoints have stood for the response time, nothing moved for
+    the transient hold and the battery moved less than half of `actuator_error_w` since the last
+    decision, the battery meter shows what the actuator delivers for them: trim = S − B × (1 + c)
+    is the actuator's error at this operating point, read off the battery meter alone (the load
+    does not enter it), where the integrator would take seconds to find it from the grid (a Multi's
+    offset, seen even while the command is clamped at 0 W; the share of a step its gain error
+    leaves). It is also the integrator's fixed point, so the two never pull apart. Taken only
+    where the battery delivers less charge (more discharge) than the trim expects by more than
+    `actuator_error_w`, i.e. where the error exports; an error toward import stays the
+    integrator's, like everything the deadband holds (per phase: only phases short that way move).
+    None when not settled, not short that way, or beyond the trim limit: that is a battery not
+    following (full, empty, BMS), not an actuator error.
+    """
+    tuning = params.tuning
+    if (
+        params.trim_gain_per_s <= 0.0
+        or state.held_s + dt_s < tuning.response_s
+        or state.quiet_s + dt_s < tuning.transient_hold_s
+        or _changed(params, battery, state.battery, tuning.actuator_error_w / 2)
+    ):
+        return None
+    scale = 1.0 + state.gain.correction
+    count = len(params.phases)
+    bound_w = params.trim_limit_w / count
+    if params.regulation == "total":
+        in_force_w = sum(state.setpoints.get(phase, 0) for phase in params.phases)
+        shares = dict.fromkeys(params.phases, (in_force_w - battery.total_w * scale) / count)
+    else:
+        shares = {p: state.setpoints.get(p, 0) - battery.phase_w(p) * scale for p in params.phases}
+    if any(abs(value) > bound_w for value in shares.values()):
+        return None
+    trim = {p: state.trim_w.get(p, 0.0) for p in params.phases}
+    if params.regulation == "total":
+        short_w = sum(shares.values()) - sum(trim.values())
+        return shares if short_w > tuning.actuator_error_w else None
+    if max(shares[p] - trim[p] for p in params.phases) <= tuning.actuator_error_w:
+        return None
+    return {p: max(trim[p], shares[p]) for p in params.phases}
 
 
 def _learn(
@@ -373,6 +424,9 @@ def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutp
             LawState(zero, trim, 0.0, None, None, bms, replace(state.gain, settled_s=0.0)),
         )
     grid, battery = inputs.grid, inputs.battery
+    observed = _observed_trim(params, battery, state, dt_s)
+    if observed is not None:
+        trim = observed
     target_w = inputs.target_w + params.import_bias_w
     scale = 1.0 + state.gain.correction
     count = len(phases)
@@ -407,6 +461,7 @@ def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutp
         or _changed(params, battery, state.battery, tuning.steady_w)
         or max(abs(new - old) for new, old in zip(setpoints, previous, strict=True)) > tuning.transient_w
         or abs(sum(setpoints) - sum(previous)) > tuning.transient_w
+        or observed is not None
     )
     quiet_s = 0.0 if transient else state.quiet_s + dt_s
     share_w = target_w / count
@@ -419,13 +474,15 @@ def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutp
         or _changed(params, grid, target, tuning.transient_w)
     )
     integrating = params.trim_gain_per_s > 0 and not frozen and quiet_s >= tuning.transient_hold_s
-    if integrating:
+    if integrating and observed is None:
         trim = _next_trim(params, grid, target_w, trim, dt_s)
     converged = integrating and not _changed(params, grid, target, tuning.converged_w)
     if params.regulation == "total":
         feed_forward = dict.fromkeys(phases, feed_forward_w / count)
     gain, trim = _learn(params, state.gain, feed_forward, trim, dt_s if converged else None)
     result = dict(zip(phases, setpoints, strict=True))
+    moved_w = 0.0 if setpoints is previous else max(largest_change_w, total_change_w)
+    held_s = state.held_s + dt_s if moved_w <= tuning.actuator_error_w / 4 else 0.0
     return LawOutput(
         result,
         _reason(command, limits),
@@ -435,5 +492,5 @@ def decide(params: LawParameters, inputs: LawInputs, state: LawState) -> LawOutp
         battery.total_w,
         load.total_w,
         sum(trim.values()),
-        LawState(result, trim, quiet_s, load, battery, bms, gain),
+        LawState(result, trim, quiet_s, load, battery, bms, gain, held_s),
     )

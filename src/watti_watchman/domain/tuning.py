@@ -34,6 +34,13 @@ class Tuning:
     """Two converged operating points this far apart (W, total feed-forward) give a gain estimate."""
     max_gain_correction: float = 0.15
     """The learned actuator gain correction stays within ± this (a Multi within ±13 % of its setpoint)."""
+    actuator_error_w: float = 15.0
+    """A battery settled on the setpoints in force (unchanged for `response_s`, quiet for
+    `transient_hold_s`, moving less than half this between decisions) that delivers more than this
+    (W, regulated quantity) less charge / more discharge than the trim expects (an error that
+    exports): the trim is set to the error the battery meter shows at once instead of integrating
+    toward it (a trim jump counts as a transient). Setpoint changes up to a quarter of this do not
+    restart the settling."""
     bms_wait_s: float = 10.0
     """`bms_limits: auto`: fresh battery status without BMS limits for this long since start means
     the installation has none (s); until then the safe default holds."""

@@ -111,6 +111,17 @@ def test_tracks_a_held_off_nominal_grid_frequency(clock: ManualClock, frequency_
     assert outcome.reads / 27.0 <= 7.0
 
 
+def test_an_early_change_before_the_period_is_known_is_not_taken_for_a_jump(clock: ManualClock) -> None:
+    """At 50.2 Hz the nominal period is 0.8 ms per window too long: the first probe sees the change
+    early (a slip), but that is the period's error, not a restart, so no dense probing follows
+    (probing every window while alert: 9.8 reads/s over these 9 s if it did, 7.9 without)."""
+    meter = meter_at(clock, MeterTiming(frequency=steady(50.2), jitter_s=0.0))
+    schedule = PhaseLockedSchedule(PERIOD_S, TimingTuning(probe_every=1))
+    outcome = run(schedule, clock, meter, duration_s=10.0, settle_s=1.0)
+    assert schedule.slips >= 1, "the start's slip happened"
+    assert outcome.reads / 9.0 < 8.5
+
+
 def test_follows_a_sinusoidal_wander_with_jitter(clock: ManualClock) -> None:
     timing = MeterTiming(frequency=sinusoidal(50.0, 0.2, 20.0), jitter_s=0.002, seed=3)
     meter = meter_at(clock, timing)

@@ -99,11 +99,13 @@ class TimingTuning:
     """After a read that still shows the old values, the next follows this soon (for `jump_s`)."""
     burst_s: float = 0.012
     """Spacing of reads while searching or re-acquiring a lost change."""
-    probe_every: int = 1
+    probe_every: int = 2
     """After a phase jump (until quiet) one window in this many gets a probe: an early jump is
-    seen within this many windows (re-lock ≤ 2 windows). Every window would also read the window
-    after every early jump in time (p99 ≤ 15 ms on all that can be seen), at 13.3 instead of 11.2
-    reads/s under a jump every 2–4 s (the trade-off table: docs/BENCHMARKS.md § Latency)."""
+    seen within this many windows (re-lock ≤ 2 windows). Every window reads the window after an
+    early jump in time in the virtual-time model (0.10 % instead of 1.60 % of observable windows
+    late) at 13.4 instead of 11.2 reads/s under a jump every 2–4 s, but the real-time benchmark
+    showed no gain (p99 of observable steps 36.8 ms, second windows after early jumps still late):
+    docs/BENCHMARKS.md § Latency, the trade-off table."""
     quiet_windows: int = 25
     """After this many windows without a slip the meter counts as quiet: probes get sparser."""
     quiet_probe_every: int = 5

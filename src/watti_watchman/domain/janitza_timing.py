@@ -99,13 +99,12 @@ class TimingTuning:
     """After a read that still shows the old values, the next follows this soon (for `jump_s`)."""
     burst_s: float = 0.012
     """Spacing of reads while searching or re-acquiring a lost change."""
-    probe_every: int = 2
-    """After a phase jump (until quiet) one window in this many gets a probe: an early jump is
-    seen within this many windows (re-lock ≤ 2 windows). Every window reads the window after an
-    early jump in time in the virtual-time model (0.10 % instead of 1.60 % of observable windows
-    late) at 13.4 instead of 11.2 reads/s under a jump every 2–4 s, but the real-time benchmark
-    showed no gain (p99 of observable steps 36.8 ms, second windows after early jumps still late):
-    docs/BENCHMARKS.md § Latency, the trade-off table."""
+    probe_every: int = 1
+    """After a phase jump (until quiet) one window in this many gets a probe. Every window: the
+    window after an early jump is mostly read in time too; under a jump every 2–4 s, quiet-machine
+    runs gave p99 36.8 ms on observable steps and re-lock ≤ 2 windows at 14.6 reads/s, against
+    126 ms and up to 5 windows at 11.8 reads/s probing every 2nd window. Quiet meters (the field)
+    read the same either way (docs/BENCHMARKS.md § Latency, the trade-off table)."""
     quiet_windows: int = 25
     """After this many windows without a slip the meter counts as quiet: probes get sparser."""
     quiet_probe_every: int = 5

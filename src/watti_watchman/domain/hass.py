@@ -193,21 +193,28 @@ def sensor_discovery(
     return Discovery("sensor", oid, topic, payload)
 
 
+@dataclass(frozen=True, slots=True)
+class SettingTopics:
+    """Where a config entity lives: discovery prefix, state and command topics, availability."""
+
+    prefix: str
+    state_topic: str
+    command_topic: str
+    availability_topic: str
+    sw_version: str
+
+
 def number_discovery(
     device: HassDevice,
     key: str,
     name: str,
+    topics: SettingTopics,
     *,
     minimum: float,
     maximum: float,
     step: float,
     unit: str,
     device_class: str | None,
-    prefix: str,
-    state_topic: str,
-    command_topic: str,
-    availability_topic: str,
-    sw_version: str,
 ) -> Discovery:
     """Number config (box mode) with its command topic and `value_json.<key>` state."""
     if not minimum < maximum or step <= 0:
@@ -221,38 +228,16 @@ def number_discovery(
     }
     if device_class is not None:
         extra["device_class"] = device_class
-    return _setting(
-        "number", device, key, name, extra, prefix, state_topic, command_topic, availability_topic, sw_version
-    )
+    return _setting("number", device, key, name, extra, topics)
 
 
 def select_discovery(
-    device: HassDevice,
-    key: str,
-    name: str,
-    *,
-    options: Sequence[str],
-    prefix: str,
-    state_topic: str,
-    command_topic: str,
-    availability_topic: str,
-    sw_version: str,
+    device: HassDevice, key: str, name: str, topics: SettingTopics, *, options: Sequence[str]
 ) -> Discovery:
     """Select config with its command topic, options and `value_json.<key>` state."""
     if not options:
         raise DiscoveryError(f"select {key}: needs options")
-    return _setting(
-        "select",
-        device,
-        key,
-        name,
-        {"options": list(options)},
-        prefix,
-        state_topic,
-        command_topic,
-        availability_topic,
-        sw_version,
-    )
+    return _setting("select", device, key, name, {"options": list(options)}, topics)
 
 
 def _setting(
@@ -261,26 +246,22 @@ def _setting(
     key: str,
     name: str,
     extra: dict[str, Any],
-    prefix: str,
-    state_topic: str,
-    command_topic: str,
-    availability_topic: str,
-    sw_version: str,
+    topics: SettingTopics,
 ) -> Discovery:
-    """A config-category entity commanded on `command_topic`, its state `value_json.<key>`."""
+    """A config-category entity commanded on its command topic, its state `value_json.<key>`."""
     oid, topic, payload = _common(
         component,
         device,
         key,
         name,
-        prefix=prefix,
-        availability_topic=availability_topic,
-        sw_version=sw_version,
+        prefix=topics.prefix,
+        availability_topic=topics.availability_topic,
+        sw_version=topics.sw_version,
     )
     payload.update(
         {
-            "command_topic": command_topic,
-            "state_topic": state_topic,
+            "command_topic": topics.command_topic,
+            "state_topic": topics.state_topic,
             "value_template": f"{{{{ value_json.{key} }}}}",
             **extra,
             "entity_category": "config",

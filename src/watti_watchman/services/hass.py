@@ -12,7 +12,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prometheus_client.core import Metric
@@ -28,6 +28,7 @@ from watti_watchman.domain.hass import (
     CounterGuard,
     Discovery,
     HassDevice,
+    SettingTopics,
     StateValue,
     build_state,
     check_quantity,
@@ -536,31 +537,30 @@ class HassDynamicConfig(_HassSession):
     def _discoveries(self) -> Iterable[Discovery]:
         for controls in self.controls:
             bounds = controls.holder.target_range
+            topics = SettingTopics(
+                self.discovery_prefix,
+                controls.state_topic,
+                controls.target_command_topic,
+                self.availability_topic,
+                __version__,
+            )
             yield number_discovery(
                 controls.device,
                 TARGET_KEY,
                 "Grid target",
+                topics,
                 minimum=bounds.min_w,
                 maximum=bounds.max_w,
                 step=bounds.step_w,
                 unit="W",
                 device_class="power",
-                prefix=self.discovery_prefix,
-                state_topic=controls.state_topic,
-                command_topic=controls.target_command_topic,
-                availability_topic=self.availability_topic,
-                sw_version=__version__,
             )
             yield select_discovery(
                 controls.device,
                 MODE_KEY,
                 "Battery mode",
+                replace(topics, command_topic=controls.mode_command_topic),
                 options=MODES,
-                prefix=self.discovery_prefix,
-                state_topic=controls.state_topic,
-                command_topic=controls.mode_command_topic,
-                availability_topic=self.availability_topic,
-                sw_version=__version__,
             )
 
     async def shutdown(self) -> None:

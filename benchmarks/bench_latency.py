@@ -452,6 +452,21 @@ def main() -> None:
             ms_row("of the others: the second window after such a jump", second, "–"),
         ],
     )
+    grid_delays = read_delays(list(grid.server.requested_at_s), grid.changes_s)
+    slow = [
+        (lat, w, grid_delays[w])
+        for lat, w in zip(latencies, windows, strict=True)
+        if w not in hidden and lat > LOCKED_S and w < len(grid_delays)
+    ]
+    if slow:
+        print("\nobservable steps over 15 ms: read late (the poller) or decided late (pairing, the law)?\n")
+        print_table(
+            ["latency ms", "trigger window's true read delay ms", "second window after an early jump"],
+            [
+                [f"{1000 * lat:.1f}", f"{1000 * delay:.1f}", "yes" if w - 1 in hidden else "no"]
+                for lat, w, delay in slow
+            ],
+        )
     grid_first = grid.clock.index_after(first_s)
     counted = {w: d for w, d in hidden.items() if w >= grid_first and w < len(grid.changes_s)}
     # A step triggers window w when it falls in it, or so late in the window before that this

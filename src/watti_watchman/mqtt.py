@@ -265,9 +265,7 @@ class MqttSession:
                 paho_client.on_publish = None
             try:
                 for topic, payload in messages:
-                    info = paho_client.publish(topic, payload, qos=0)
-                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                        raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+                    _queued(paho_client.publish(topic, payload, qos=0))
                 paho_client.loop_write()
             finally:
                 paho_client.on_publish = confirm

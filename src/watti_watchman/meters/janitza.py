@@ -37,20 +37,10 @@ from watti_watchman.domain.quantities import Quantity, QuantityValues
 from watti_watchman.domain.readings import PowerSample
 from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Latest
-from watti_watchman.meters.modbus_link import ModbusLink, ModbusReadError, classify
+from watti_watchman.meters.modbus_link import METER_REASONS, ModbusLink, ModbusReadError, classify
 from watti_watchman.metrics import Families, Histogram
 from watti_watchman.supervisor import Backoff, SupervisedLink, reraise_swallowed_cancel
 
-KNOWN_REASONS = (
-    "connect_timeout",
-    "connection_refused",
-    "read_timeout",
-    "connection_lost",
-    "modbus_error",
-    "wrong_length",
-    "non_finite",
-    "implausible",
-)
 SAMPLE_AGE_BUCKETS_S = (0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 
@@ -246,7 +236,7 @@ class JanitzaMeter(SupervisedLink):
             "watti_janitza_errors", "Failed reads and connection attempts by reason", ("name", "reason")
         )
         by_reason = self._failures.by_reason
-        yield errors.set(([name, r], by_reason[r]) for r in sorted(set(KNOWN_REASONS) | set(by_reason)))
+        yield errors.set(([name, r], by_reason[r]) for r in sorted(set(METER_REASONS) | set(by_reason)))
         yield from self._sample_age.collect()
         mode = families.gauge("watti_janitza_poll_mode", "1 for the current polling mode", ("name", "mode"))
         yield mode.set(([name, m], 1.0 if self.schedule.mode == m else 0.0) for m in POLL_MODES)

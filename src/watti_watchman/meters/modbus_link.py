@@ -25,14 +25,17 @@ EXCEPTION_NAMES = {
     0x0A: "gateway path unavailable",
     0x0B: "gateway target failed to respond: check the unit id and the RS485 side",
 }
-LINK_REASONS = (
-    "dns",
+METER_REASONS = (
     "connect_timeout",
     "connection_refused",
     "read_timeout",
     "connection_lost",
     "modbus_error",
+    "wrong_length",
+    "non_finite",
+    "implausible",
 )
+"""Failure reasons a polled Modbus meter exports from the start (0 until seen); `dns` shows once seen."""
 
 
 class ModbusReadError(Exception):

@@ -25,21 +25,11 @@ from watti_watchman.domain.register_map import RegisterMap, decode_blocks
 from watti_watchman.failures import FailureLog
 from watti_watchman.latest import Latest
 from watti_watchman.meters.generic import counter_families, reading_status, up_family
-from watti_watchman.meters.modbus_link import ModbusLink, ModbusReadError, classify
+from watti_watchman.meters.modbus_link import METER_REASONS, ModbusLink, ModbusReadError, classify
 from watti_watchman.metrics import Families
 from watti_watchman.supervisor import Backoff, SupervisedLink, reraise_swallowed_cancel
 
 METRIC_PREFIX = "watti_modbus_meter"
-KNOWN_REASONS = (
-    "connect_timeout",
-    "connection_refused",
-    "read_timeout",
-    "connection_lost",
-    "modbus_error",
-    "wrong_length",
-    "non_finite",
-    "implausible",
-)
 
 
 class ModbusMeterConfig(MeterConfig):
@@ -203,7 +193,7 @@ class ModbusMeter(SupervisedLink):
                 ("read_seconds", "Time spent waiting for replies (s)", self.read_seconds),
             ),
             self._failures.by_reason,
-            KNOWN_REASONS,
+            METER_REASONS,
         )
 
     def status(self) -> Mapping[str, Any]:

@@ -2,10 +2,11 @@
 
 import logging
 import socket
-from types import TracebackType
 from typing import Any
 
 from amqtt.broker import Broker
+
+from watti_watchman.lifecycle import StartStop
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -16,7 +17,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(StartStop):
     """An anonymous MQTT 3.1.1 broker listening on loopback; use as an async context manager."""
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
@@ -37,12 +38,3 @@ class EmbeddedBroker:
     async def stop(self) -> None:
         """Stop and drop every client."""
         await self._broker.shutdown()
-
-    async def __aenter__(self) -> "EmbeddedBroker":
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

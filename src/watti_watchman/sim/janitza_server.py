@@ -11,8 +11,6 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Self
 
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
@@ -22,6 +20,7 @@ from pymodbus.server import ModbusTcpServer
 from watti_watchman.broker import free_port
 from watti_watchman.clock import Clock, monotonic
 from watti_watchman.domain.janitza import JANITZA_START_ADDRESS, JANITZA_VALUE_COUNT, encode_values
+from watti_watchman.lifecycle import StartStop
 from watti_watchman.meters.modbus_link import FRAMERS, Framing
 
 HOLDING_REGISTER_READ = 3
@@ -88,7 +87,7 @@ class _JanitzaRegisters(ModbusServerContext):
         return ExcCodes.ILLEGAL_FUNCTION
 
 
-class JanitzaServer:
+class JanitzaServer(StartStop):
     """A Janitza block served on 127.0.0.1; restartable on the same port (`stop()` / `start()`)."""
 
     def __init__(
@@ -192,12 +191,3 @@ class JanitzaServer:
     def _on_connect(self, connected: bool) -> None:
         if connected:
             self.connections += 1
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        await self.stop()

@@ -8,8 +8,6 @@ can inject the faults seen in the field: slow replies, exception responses, sile
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from types import TracebackType
-from typing import Self
 
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
@@ -18,6 +16,7 @@ from pymodbus.server import ModbusTcpServer
 
 from watti_watchman.broker import free_port
 from watti_watchman.domain.register_map import RegisterMap, encode_value
+from watti_watchman.lifecycle import StartStop
 from watti_watchman.meters.modbus_link import FRAMERS, Framing
 
 
@@ -62,7 +61,7 @@ class _MapRegisters(ModbusServerContext):
         return ExcCodes.ILLEGAL_FUNCTION
 
 
-class MapServer:
+class MapServer(StartStop):
     """Serves `register_map` on 127.0.0.1; values in table units via `set_values`."""
 
     def __init__(
@@ -121,12 +120,3 @@ class MapServer:
             return
         server, self._server = self._server, None
         await server.shutdown()  # type: ignore[no-untyped-call]
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        await self.stop()

@@ -9,8 +9,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import replace
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 
 from watti_watchman.broker import free_port
 from watti_watchman.domain.seplos import (
@@ -26,6 +25,7 @@ from watti_watchman.domain.seplos import (
     frame_checksum,
     length_checksum,
 )
+from watti_watchman.lifecycle import StartStop
 
 Fault = Literal["none", "bad_checksum", "wrong_length", "silence"]
 logger = logging.getLogger("watti_watchman.sim.seplos")
@@ -53,7 +53,7 @@ def _with_wrong_length(address: int, info: bytes) -> bytes:
     return b"~" + body + f"{frame_checksum(body):04X}".encode() + b"\r"
 
 
-class SeplosServer:
+class SeplosServer(StartStop):
     """One pack at `address` served on 127.0.0.1; state and faults changeable while running."""
 
     def __init__(self, *, address: int = 0, port: int | None = None, reply_delay_s: float = 0.08) -> None:
@@ -144,12 +144,3 @@ class SeplosServer:
         await asyncio.gather(*handlers, return_exceptions=True)
         with contextlib.suppress(Exception):
             await server.wait_closed()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        await self.stop()

@@ -91,6 +91,8 @@ class Family(Prepared):
         self.header = header(self.exposed, documentation, kind)
         self._prefixes: dict[tuple[str, ...], str] = {}
         self._current: list[tuple[tuple[str, ...], float]] = []
+        self._rendered: tuple[list[tuple[tuple[str, ...], float]], list[str]] = ([], [])
+        """The samples of the previous `lines()` and their lines (reused while the samples are equal)."""
 
     @property
     def samples(self) -> list[Sample]:
@@ -115,7 +117,10 @@ class Family(Prepared):
         return self
 
     def lines(self) -> list[str]:
-        """The current sample lines of the text format."""
+        """The current sample lines of the text format (formatted again only when a sample changed)."""
+        previous, previous_lines = self._rendered
+        if self._current == previous:
+            return previous_lines
         prefixes = self._prefixes
         lines = []
         for labels, value in self._current:
@@ -126,6 +131,7 @@ class Family(Prepared):
                 pairs = zip(self.labelnames, labels, strict=True)
                 prefix = prefixes[labels] = series_prefix(self.exposed, pairs)
             lines.append(f"{prefix}{format_value(value)}\n")
+        self._rendered = (self._current, lines)
         return lines
 
 
@@ -165,10 +171,14 @@ class Histogram(Prepared):
         self.exposed = name
         self.header = header(name, documentation, "histogram")
         self._prefixes: dict[tuple[str, str], str] = {}
+        self._observations = 0
+        self._rendered: tuple[int, list[str]] = (-1, [])
+        """The observation count of the previous `lines()` and its lines."""
 
     def observe(self, value_s: float) -> None:
         """Count one observation (s)."""
         self._series.observe(value_s)
+        self._observations += 1
 
     def collect(self) -> Iterable[Metric]:
         """This family, for a component's `collect_metrics`."""
@@ -193,7 +203,10 @@ class Histogram(Prepared):
         """Ignored: samples come from the histogram."""
 
     def lines(self) -> list[str]:
-        """The current sample lines of the text format."""
+        """The current sample lines of the text format (formatted again only after new observations)."""
+        observations, previous_lines = self._rendered
+        if observations == self._observations:
+            return previous_lines
         lines = []
         for suffix, labels, value in self._current():
             key = (suffix, labels.get("le", ""))
@@ -202,6 +215,7 @@ class Histogram(Prepared):
                 pairs = [("name", self._component), *labels.items()]
                 prefix = self._prefixes[key] = series_prefix(self.name + suffix, pairs)
             lines.append(f"{prefix}{format_value(value)}\n")
+        self._rendered = (self._observations, lines)
         return lines
 
 

@@ -170,7 +170,13 @@ class Histogram(Prepared):
         self._component = component
         self.exposed = name
         self.header = header(name, documentation, "histogram")
-        self._prefixes: dict[tuple[str, str], str] = {}
+        component_label = ("name", component)
+        self._bucket_prefixes = [
+            series_prefix(name + "_bucket", [component_label, ("le", str(floatToGoString(bound)))])  # type: ignore[no-untyped-call]
+            for bound in self._series._upper_bounds
+        ]
+        self._count_prefix = series_prefix(name + "_count", [component_label])
+        self._sum_prefix = series_prefix(name + "_sum", [component_label])
         self._observations = 0
         self._rendered: tuple[int, list[str]] = (-1, [])
         """The observation count of the previous `lines()` and its lines."""
@@ -207,14 +213,16 @@ class Histogram(Prepared):
         observations, previous_lines = self._rendered
         if observations == self._observations:
             return previous_lines
+        # The child's own counters, read as its `_child_samples` does, without building a Sample
+        # (and formatting the bound) per bucket at every scrape.
+        series = self._series
+        cumulative = 0.0
         lines = []
-        for suffix, labels, value in self._current():
-            key = (suffix, labels.get("le", ""))
-            prefix = self._prefixes.get(key)
-            if prefix is None:
-                pairs = [("name", self._component), *labels.items()]
-                prefix = self._prefixes[key] = series_prefix(self.name + suffix, pairs)
-            lines.append(f"{prefix}{format_value(value)}\n")
+        for prefix, bucket in zip(self._bucket_prefixes, series._buckets, strict=True):
+            cumulative += bucket.get()
+            lines.append(f"{prefix}{format_value(cumulative)}\n")
+        lines.append(f"{self._count_prefix}{format_value(cumulative)}\n")
+        lines.append(f"{self._sum_prefix}{format_value(series._sum.get())}\n")
         self._rendered = (self._observations, lines)
         return lines
 

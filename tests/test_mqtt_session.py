@@ -221,3 +221,51 @@ async def test_a_failing_handler_is_counted_and_the_session_goes_on(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_coalesced_reads_wait_then_take_every_waiting_message_and_survive_a_broker_restart(
+    broker: TestBroker, mqtt_connection: MqttConnectionConfig, unique_id: str
+) -> None:
+    """`read_coalesce_s`: a message waits up to that long, then everything waiting is read at once."""
+    delay_s = 0.5
+    handled: list[tuple[float, bytes]] = []
+    flood = 3000  # more than one read takes (MAX_PACKETS_PER_READ)
+
+    async def subscribe(session: MqttSession) -> None:
+        await session.subscribe(f"{unique_id}/#")
+
+    listener = MqttSession(
+        mqtt_connection,
+        "listener",
+        clock=monotonic,
+        on_connect=subscribe,
+        on_message=lambda _topic, payload, _retained: handled.append((monotonic(), payload)),
+        read_coalesce_s=delay_s,
+    )
+    talker = MqttSession(mqtt_connection, "talker", clock=monotonic)
+    tasks = [asyncio.create_task(listener.run()), asyncio.create_task(talker.run())]
+    topic = f"{unique_id}/x"
+    try:
+        for connection in (1, 2):
+            await wait_until(lambda n=connection: listener.connects_total == n and talker.is_connected, 15)  # type: ignore[misc]
+            while not any(payload == b"ready" for _, payload in handled):  # subscribed
+                await talker.publish(topic, b"ready")
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(delay_s * 2)  # the last "ready" read: the next message waits anew
+            handled.clear()
+            first_sent_s = monotonic()
+            for n in range(5):  # spread over 0.1 s: one read takes them all, 0.5 s after the first
+                await talker.publish(topic, b"%d" % n)
+                await asyncio.sleep(0.02)
+            talker.publish_together([(topic, b"flood")] * flood)
+            await wait_until(lambda: len(handled) == 5 + flood, 10)
+            assert [payload for _, payload in handled[:5]] == [b"0", b"1", b"2", b"3", b"4"]
+            assert min(at_s for at_s, _ in handled) >= first_sent_s + delay_s * 0.9
+            if connection == 1:
+                await broker.stop()
+                await wait_until(lambda: not listener.is_connected)
+                await broker.start()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

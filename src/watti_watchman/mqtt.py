@@ -123,8 +123,12 @@ class MqttSession:
         on_connect: Callable[["MqttSession"], Awaitable[None]] | None = None,
         will: LastWill | None = None,
         logger: logging.Logger | None = None,
+        read_coalesce_s: float = 0.0,
     ) -> None:
+        """`read_coalesce_s` > 0: read the socket at most that often (s), every message waiting
+        then at once, instead of waking for each (for sessions whose messages are not urgent)."""
         self.connection = connection
+        self.read_coalesce_s = read_coalesce_s
         self.component = component
         self.client_id = f"{connection.client_id or 'watti_watchman'}_{component}"
         self._clock = clock
@@ -184,6 +188,8 @@ class MqttSession:
             self._connecting = False
             self._client = client
             _no_delay(client)
+            if self.read_coalesce_s > 0:
+                _coalesce_reads(client, self.read_coalesce_s)
             # The outage ends once the connection has held: a flapping broker is one outage.
             connected_at_s = self._clock()
             stable = asyncio.get_running_loop().call_later(
@@ -353,6 +359,56 @@ def _queued(info: MQTTMessageInfo) -> None:
     """Raise NotConnectedError unless paho queued the message (it refuses while disconnected)."""
     if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
         raise NotConnectedError(f"publish refused: {error_string(info.rc)}")
+
+
+MAX_PACKETS_PER_READ = 1000
+"""A coalesced read hands the event loop back after this many packets (a flooding broker)."""
+
+
+def _coalesce_reads(client: aiomqtt.Client, delay_s: float) -> None:
+    """Replace aiomqtt's reader (one packet per wake-up) by one that waits `delay_s` after the
+    socket becomes readable and then reads every packet waiting (plain TCP; TLS keeps aiomqtt's).
+
+    paho's socket-close callback removes the reader by descriptor, whichever it is; a read
+    scheduled for a socket that is gone since does nothing.
+    """
+    paho_client = client._client
+    sock = paho_client.socket()
+    if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+        return
+    plain: socket.socket = sock
+    loop = asyncio.get_running_loop()
+    fileno = plain.fileno()
+
+    def readable() -> None:
+        loop.remove_reader(fileno)
+        loop.call_later(delay_s, read_waiting)
+
+    def read_waiting() -> None:
+        if paho_client.socket() is not plain:
+            return
+        try:
+            for _ in range(MAX_PACKETS_PER_READ):
+                if not _has_data(plain) or paho_client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+        except Exception as error:  # as aiomqtt's own reader: the connection is broken
+            if not client._disconnected.done():
+                client._disconnected.set_exception(error)
+            return
+        if paho_client.socket() is plain:
+            loop.add_reader(fileno, readable)
+
+    loop.remove_reader(fileno)
+    loop.add_reader(fileno, readable)
+
+
+def _has_data(sock: socket.socket) -> bool:
+    """True when a read would not block (data, or the peer's close)."""
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return False
+    return True
 
 
 def _no_delay(client: aiomqtt.Client) -> None:

@@ -36,6 +36,10 @@ PROBE_PATH = "settings/0/Settings/CGwacs/Hub4Mode"
 """Read to prove the old bridge alive: localsettings always has it, and the answer is a mapped value."""
 FLASHMQ_ONLY_LEAVES = frozenset({"heartbeat", "full_publish_completed"})
 """`N/<pid>/<leaf>` topics only dbus-flashmq sends (dbus-mqtt also sends a retained `keepalive`)."""
+READ_COALESCE_S = 0.05
+"""The GX's notifications are read at most this often (s), each time all waiting: a value is
+then ≤ 50 ms later than it could be (the control loop is paced by the Janitza meters; the GX
+itself updates its values once a second), for one wake-up instead of one per message."""
 STATE_PASSTHRU = 8
 HUB4_EXTERNAL_CONTROL = 3
 Dialect = Literal["flashmq", "legacy"]
@@ -84,15 +88,17 @@ class VictronMeter:
         """Commanding this long (s) before Hub4Mode/passthru alarms may fire."""
         self.commanding_window_s = 5.0
         """Setpoints written within this window (s) count as commanding (and are exported)."""
-        self.derived_settle_s = 0.005
+        self.derived_settle_s = 0.0
         """The snapshot, values, battery status and AC-in sample are built this long (s) after the
-        first notification of a burst, once for the whole burst (a GX sends a dozen values at once)."""
+        first notification of a burst, once for the whole burst: notifications are read in
+        batches (READ_COALESCE_S), so right after the batch that brought it."""
         self.session = MqttSession(
             connection,
             f"victron_{config.name}",
             clock=clock,
             on_message=self._on_message,
             on_connect=self._on_connect,
+            read_coalesce_s=READ_COALESCE_S,
         )
         self._values = VictronValues()
         self._garbage = OnceLog(self.logger)

@@ -208,8 +208,8 @@ async def listener(port: int) -> AsyncIterator[list[tuple[float, float, str, int
         await reader
 
 
-async def measure(seconds: float, seed: int) -> dict[str, object]:
-    """Run the service against drifting, jumping meters; raw records for the report."""
+async def measure(seconds: float, seed: int, timing: MeterTiming = TIMING) -> dict[str, object]:
+    """Run the service against drifting (and by default jumping) meters; raw records for the report."""
     rng = random.Random(seed)
     async with (
         running_broker() as broker,
@@ -223,11 +223,11 @@ async def measure(seconds: float, seed: int) -> dict[str, object]:
             t += rng.uniform(*STEP_EVERY_S)
         meters = {
             "grid": Meter(
-                site.grid_server, WindowClock(TIMING, start_s, 0.031), EnergyCounters.starting_at(1e6, 1e5)
+                site.grid_server, WindowClock(timing, start_s, 0.031), EnergyCounters.starting_at(1e6, 1e5)
             ),
             "battery": Meter(
                 site.battery_server,
-                WindowClock(dataclasses.replace(TIMING, seed=TIMING.seed + 1), start_s, 0.121),
+                WindowClock(dataclasses.replace(timing, seed=timing.seed + 1), start_s, 0.121),
                 EnergyCounters.starting_at(1e5, 1e5),
             ),
         }
@@ -430,12 +430,16 @@ def main() -> None:
     parser.add_argument(
         "--no-tradeoff", action="store_true", help="skip the probe-spacing table (virtual time, ≈1 min)"
     )
+    parser.add_argument(
+        "--no-jumps", action="store_true", help="meters without phase jumps (a quiet meter's reads/s)"
+    )
     parser.add_argument("--listen", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.listen is not None:
         listen(args.listen)
         return
-    record = asyncio.run(measure(args.seconds + WARMUP_S, args.seed))
+    timing = dataclasses.replace(TIMING, jump_every_s=None) if args.no_jumps else TIMING
+    record = asyncio.run(measure(args.seconds + WARMUP_S, args.seed, timing))
     meters: dict[str, Meter] = record["meters"]  # type: ignore[assignment]
     steps: list[tuple[float, float]] = record["steps"]  # type: ignore[assignment]
     start_s: float = record["start_s"]  # type: ignore[assignment]

@@ -218,6 +218,25 @@ def test_a_rescan_that_starts_after_the_change_scans_the_next_window(clock: Manu
     assert late == [w for w in late if w < jumped + 1], "the window after the jump is read in time"
 
 
+@pytest.mark.parametrize(("early_ms", "after_s"), [(-50, 0.25), (-100, 0.25), (-50, 0.45)])
+def test_an_early_jump_while_bisecting_is_probed(clock: ManualClock, early_ms: int, after_s: float) -> None:
+    """A late jump leaves a scan bracket of ≈ 12 ms that the data reads bisect; an early jump in the
+    next windows came before the bracket. With no probe while bisecting, the bisecting read took it
+    for the lower half and the windows were read 40–100 ms late for three windows; the probe now
+    goes before the bracket and sees it."""
+    timing = MeterTiming(
+        frequency=steady(50.1),
+        jitter_s=0.001,
+        scripted_jumps=((3.0, 0.04), (4.5, 0.05), (4.5 + after_s, early_ms / 1000)),
+    )
+    meter = meter_at(clock, timing)
+    schedule = PhaseLockedSchedule(PERIOD_S)
+    outcome = run(schedule, clock, meter, duration_s=7.0, settle_s=3.5)
+    jumped, _ = meter.jumps[-1]
+    late = outcome.bad_windows(jumped, max(outcome.ages_s))
+    assert late == [w for w in late if w < jumped + 2], "re-locked within 2 windows"
+
+
 @pytest.mark.parametrize("rtt_ms", [4, 8])
 def test_slow_replies_are_planned_around(clock: ManualClock, rtt_ms: int) -> None:
     """A gateway's round trip is measured: reads still land just after each change."""

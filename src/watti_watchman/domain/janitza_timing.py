@@ -143,7 +143,8 @@ class PhaseLockedSchedule:
     The phase moves toward each tight bracket (a data read that came too early and its retries)
     and creeps earlier while the data reads find the change already there; after a re-acquisition
     the scan's bracket is narrowed by bisection: the data read goes to its middle, so each window
-    halves it (or its retries find the change) without an extra read. A scan whose first read
+    halves it (or its retries find the change) without an extra read; a probe, when due, goes before
+    the bracket (an early jump while bisecting is seen at once). A scan whose first read
     already shows the change (that window came earlier still) has only the wait before it as a
     bracket: the next window is scanned instead of bisected. The period is a least-squares
     fit over the tight brackets, one phase per run between jumps (a jump does not change the period).
@@ -219,11 +220,11 @@ class PhaseLockedSchedule:
             near = last.sent_s < predicted_s + self._half_s + tuning.jump_s
             return last.sent_s + (tuning.retry_s if near else tuning.burst_s)
         early_s = self._early_s()
-        if self._half_s:  # bisecting: one read in the middle of the bracket halves it, no probe
-            return max(predicted_s - early_s, last.sent_s + tuning.retry_s)
         probe_s = self._planned_probe_s()
         if probe_s is not None:
             return probe_s
+        if self._half_s:  # bisecting: one read in the middle of the bracket halves it
+            return max(predicted_s - early_s, last.sent_s + tuning.retry_s)
         return max(predicted_s + tuning.margin_s - early_s, last.sent_s + tuning.retry_s)
 
     def _early_s(self) -> float:
@@ -237,9 +238,10 @@ class PhaseLockedSchedule:
         last = self._last
         if self.mode != "phase_locked" or last is None or last.new_window is None or self._late:
             return None
-        if self._half_s or not self._probe_due:
+        if not self._probe_due:
             return None
-        probe_s = self._predicted_s - self.tuning.guard_s - self._early_s()
+        # Before the bracket still being bisected, if any: a change before it is a jump.
+        probe_s = self._predicted_s - self._half_s - self.tuning.guard_s - self._early_s()
         return probe_s if last.sent_s < probe_s else None
 
     def observe(self, read: ReadTiming) -> ChangeEstimate | None:
@@ -328,7 +330,7 @@ class PhaseLockedSchedule:
         hi_s = read.arrived_s
         bracket = ChangeEstimate((lo_s + hi_s) / 2, (hi_s - lo_s) / 2)
         was_late, self._late = self._late, False
-        if not self._half_s and shown_s < predicted_s - tuning.guard_s / 2:
+        if shown_s < predicted_s - self._half_s - tuning.guard_s / 2:
             self.slips += 1  # a probe saw the change: it came early, somewhere in (lo, hi]
             if self._period_fitted:
                 self._calm = 0

@@ -13,7 +13,7 @@ from the change of the window that triggered the first setpoint moved by the ste
 containing the step, or the next one) to that message. Reads/s and the re-lock time after each
 phase jump come from the servers' own request logs. The plant is not closed: only the path.
 
-Run: `uv run python -m benchmarks.bench_latency [--seconds 180]`.
+Run: `uv run python -m benchmarks.bench_latency [--seconds 180] [--no-tradeoff] [--no-jumps]`.
 """
 
 import argparse

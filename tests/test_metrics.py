@@ -2,7 +2,7 @@
 
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -11,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from watti_watchman.clock import ManualClock
 from watti_watchman.domain.quantities import Quantity, QuantityValues
 from watti_watchman.latest import Latest
-from watti_watchman.metrics import PROCESS_MAX_AGE_S, Exposition, Histogram, format_value
+from watti_watchman.metrics import PROCESS_MAX_AGE_S, Exposition, Families, Histogram, format_value
 
 TABLE: tuple[Quantity, ...] = (
     Quantity(
@@ -102,6 +102,38 @@ def test_render_matches_generate_latest_for_component_families() -> None:
         assert exposition.render() == expected
     assert b"_created" not in expected
     assert b'le="1.0"' in expected
+
+
+def test_prepared_families_render_anew_exactly_when_a_sample_changes() -> None:
+    """Lines are reused while samples are unchanged; any change (value, series, observation) shows."""
+    families = Families()
+    histogram = Histogram("watti_t_latency_seconds", "Latency (s)", "a", (0.001, 0.5))
+    state: dict[str, list[tuple[list[str], float]]] = {"samples": [(["a"], 1.0), (["b"], 2.0)]}
+
+    def collect() -> list[Metric]:
+        gauge = families.gauge("watti_t_gauge", "Gauge").set(state["samples"])
+        return [gauge, histogram]
+
+    def expected() -> bytes:
+        gauge = GaugeMetricFamily("watti_t_gauge", "Gauge", labels=["name"])
+        for labels, value in state["samples"]:
+            gauge.add_metric(labels, value)
+        return reference([gauge], histogram.family.collect())
+
+    exposition = Exposition(process=False)
+    exposition.add(collect)
+    changes: list[Callable[[], object]] = [
+        lambda: None,
+        lambda: histogram.observe(0.2),
+        lambda: state.update(samples=[(["a"], 1.0), (["b"], 3.0)]),
+        lambda: None,
+        lambda: state.update(samples=[(["a"], 1.0)]),
+        lambda: state.update(samples=[(["a"], 1.0), (["c"], 1.0)]),
+        lambda: histogram.observe(7.0),
+    ]
+    for change in changes:
+        change()
+        assert exposition.render() == expected()
 
 
 def test_tables_render_like_the_families_they_describe() -> None:

@@ -176,8 +176,8 @@ async def test_meter_on_broker_uses_good_payloads_counts_garbage_and_goes_stale(
         for garbage in (b"{", b'{"SML":{"Power_curr":"x","Total_in":1}}', b'{"SML":{"Total_in":1}}'):
             await client.publish(topic, garbage)
         await wait_until(lambda: sum(meter.errors.values()) == 3, 2.0, "garbage counted")
-        await client.publish(topic, b"", retain=True)
         assert dict(meter.errors) == {"not_json": 1, "not_a_number": 1, "missing": 1}
+        await client.publish(topic, b"", retain=True)  # (clears the retained reading; itself garbage)
         assert meter.power.seq == seq
         await wait_until(lambda: not meter.is_fresh(), 2.0, "stale without new messages")
         assert meter.status()["power_w"] is None

@@ -178,3 +178,46 @@ async def test_publish_together_sends_the_messages_in_one_segment_at_once(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         proxy.close()
+
+
+async def test_a_failing_handler_is_counted_and_the_session_goes_on(
+    mqtt_connection: MqttConnectionConfig, unique_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Messages are handled as paho reads them: a handler's exception must not drop the connection."""
+    handled: list[bytes] = []
+
+    def handler(_topic: str, payload: bytes, _retained: bool) -> None:
+        if payload == b"bad":
+            raise ValueError("handler bug")
+        handled.append(payload)
+
+    async def subscribe(session: MqttSession) -> None:
+        await session.subscribe(f"{unique_id}/#")
+
+    listener = MqttSession(
+        mqtt_connection, "listener", clock=monotonic, on_connect=subscribe, on_message=handler
+    )
+    talker = MqttSession(mqtt_connection, "talker", clock=monotonic)
+    tasks = [asyncio.create_task(listener.run()), asyncio.create_task(talker.run())]
+    try:
+        await wait_until(lambda: listener.is_connected and talker.is_connected)
+
+        async def publish_until_handled(payload: bytes) -> None:
+            while payload not in handled:
+                await talker.publish(f"{unique_id}/x", payload)
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(publish_until_handled(b"first"), 10)
+        topic = f"{unique_id}/x"
+        talker.publish_together([(topic, b"bad"), (topic, b"bad"), (topic, b"after")])
+        await wait_until(lambda: b"after" in handled)
+        assert listener.connects_total == 1
+        errors = {f.name: f for f in listener.collect_metrics()}["watti_mqtt_errors"]
+        assert [(s.labels["reason"], s.value) for s in errors.samples] == [("handler", 2.0)]
+        logged = [r for r in caplog.records if r.getMessage() == "message handler failed"]
+        assert logged[0].levelname == "ERROR" and logged[0].exc_info is not None
+        assert all(r.levelname == "DEBUG" for r in logged[1:])
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

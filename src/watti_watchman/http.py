@@ -17,11 +17,11 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from watti_watchman.failures import OnceLog
 from watti_watchman.meters.base import Source
-from watti_watchman.metrics import CONTENT_TYPE, Exposition
+from watti_watchman.metrics import CONTENT_TYPE, Exposition, Families
 
 logger = logging.getLogger("watti_watchman.http")
 
@@ -147,6 +147,7 @@ class ConnectionGuard:
         self.refused_total: dict[str, int] = {"connection_limit": 0, "fd_reserve": 0, "accept_failed": 0}
         self.timeouts_total: dict[str, int] = {"header": 0, "write": 0}
         self.bad_requests_total = 0
+        self._families = Families()
 
     def refusal(self, fileno: int) -> str | None:
         """Why a new connection on descriptor `fileno` must be closed at once, or None to serve it."""
@@ -159,27 +160,21 @@ class ConnectionGuard:
 
     def collect_metrics(self) -> Iterable[Metric]:
         """Open connections, refusals by reason, header timeouts and malformed requests."""
-        current = GaugeMetricFamily("watti_http_connections", "Open HTTP connections")
-        current.add_metric([], self.open)
-        yield current
-        refused = CounterMetricFamily(
-            "watti_http_connections_refused", "HTTP connections closed at once, by reason", labels=["reason"]
+        families = self._families
+        yield families.gauge("watti_http_connections", "Open HTTP connections", ()).one(self.open)
+        refused = families.counter(
+            "watti_http_connections_refused", "HTTP connections closed at once, by reason", ("reason",)
         )
-        for reason, count in sorted(self.refused_total.items()):
-            refused.add_metric([reason], count)
-        yield refused
-        timeouts = CounterMetricFamily(
+        yield refused.set(([reason], count) for reason, count in sorted(self.refused_total.items()))
+        timeouts = families.counter(
             "watti_http_timeouts",
             f"HTTP connections closed: headers slower than {self.header_timeout_s:g} s (header) or"
             f" a response unread for {self.write_timeout_s:g} s (write)",
-            labels=["reason"],
+            ("reason",),
         )
-        for reason, count in sorted(self.timeouts_total.items()):
-            timeouts.add_metric([reason], count)
-        yield timeouts
-        bad = CounterMetricFamily("watti_http_bad_requests", "Malformed HTTP requests (answered 400)")
-        bad.add_metric([], self.bad_requests_total)
-        yield bad
+        yield timeouts.set(([reason], count) for reason, count in sorted(self.timeouts_total.items()))
+        bad = families.counter("watti_http_bad_requests", "Malformed HTTP requests (answered 400)", ())
+        yield bad.one(self.bad_requests_total)
 
 
 class _GuardedHandler(web.RequestHandler):

@@ -91,6 +91,8 @@ class Family(Prepared):
         self.header = header(self.exposed, documentation, kind)
         self._prefixes: dict[tuple[str, ...], str] = {}
         self._current: list[tuple[tuple[str, ...], float]] = []
+        self._rendered: tuple[list[tuple[tuple[str, ...], float]], list[str]] = ([], [])
+        """The samples of the previous `lines()` and their lines (reused while the samples are equal)."""
 
     @property
     def samples(self) -> list[Sample]:
@@ -115,7 +117,10 @@ class Family(Prepared):
         return self
 
     def lines(self) -> list[str]:
-        """The current sample lines of the text format."""
+        """The current sample lines of the text format (formatted again only when a sample changed)."""
+        previous, previous_lines = self._rendered
+        if self._current == previous:
+            return previous_lines
         prefixes = self._prefixes
         lines = []
         for labels, value in self._current:
@@ -126,6 +131,7 @@ class Family(Prepared):
                 pairs = zip(self.labelnames, labels, strict=True)
                 prefix = prefixes[labels] = series_prefix(self.exposed, pairs)
             lines.append(f"{prefix}{format_value(value)}\n")
+        self._rendered = (self._current, lines)
         return lines
 
 
@@ -164,11 +170,21 @@ class Histogram(Prepared):
         self._component = component
         self.exposed = name
         self.header = header(name, documentation, "histogram")
-        self._prefixes: dict[tuple[str, str], str] = {}
+        component_label = ("name", component)
+        self._bucket_prefixes = [
+            series_prefix(name + "_bucket", [component_label, ("le", str(floatToGoString(bound)))])  # type: ignore[no-untyped-call]
+            for bound in self._series._upper_bounds
+        ]
+        self._count_prefix = series_prefix(name + "_count", [component_label])
+        self._sum_prefix = series_prefix(name + "_sum", [component_label])
+        self._observations = 0
+        self._rendered: tuple[int, list[str]] = (-1, [])
+        """The observation count of the previous `lines()` and its lines."""
 
     def observe(self, value_s: float) -> None:
         """Count one observation (s)."""
         self._series.observe(value_s)
+        self._observations += 1
 
     def collect(self) -> Iterable[Metric]:
         """This family, for a component's `collect_metrics`."""
@@ -193,15 +209,21 @@ class Histogram(Prepared):
         """Ignored: samples come from the histogram."""
 
     def lines(self) -> list[str]:
-        """The current sample lines of the text format."""
+        """The current sample lines of the text format (formatted again only after new observations)."""
+        observations, previous_lines = self._rendered
+        if observations == self._observations:
+            return previous_lines
+        # The child's own counters, read as its `_child_samples` does, without building a Sample
+        # (and formatting the bound) per bucket at every scrape.
+        series = self._series
+        cumulative = 0.0
         lines = []
-        for suffix, labels, value in self._current():
-            key = (suffix, labels.get("le", ""))
-            prefix = self._prefixes.get(key)
-            if prefix is None:
-                pairs = [("name", self._component), *labels.items()]
-                prefix = self._prefixes[key] = series_prefix(self.name + suffix, pairs)
-            lines.append(f"{prefix}{format_value(value)}\n")
+        for prefix, bucket in zip(self._bucket_prefixes, series._buckets, strict=True):
+            cumulative += bucket.get()
+            lines.append(f"{prefix}{format_value(cumulative)}\n")
+        lines.append(f"{self._count_prefix}{format_value(cumulative)}\n")
+        lines.append(f"{self._sum_prefix}{format_value(series._sum.get())}\n")
+        self._rendered = (self._observations, lines)
         return lines
 
 

@@ -51,14 +51,22 @@ def run(
     duration_s: float,
     settle_s: float,
     rtt_s: float = RTT_S,
+    early_s: float = 0.0,
+    extra_reads_s: tuple[float, ...] = (),
 ) -> Outcome:
     """Drive `schedule` against `meter` (None: values never change) for `duration_s`; a reply
-    takes `rtt_s` and shows the values of its midpoint."""
+    takes `rtt_s` and shows the values of its midpoint. Each read goes out `early_s` before its
+    planned time (an event loop's timer firing early), and one more read goes out at each of
+    `extra_reads_s` (s after the start) that the schedule did not plan."""
     start_s = clock()
     outcome = Outcome()
     previous: int | None = None
+    extra = [start_s + t for t in extra_reads_s]
     while clock() - start_s < duration_s:
-        clock.advance(max(0.0, schedule.next_read_at() - clock()))
+        planned_s = max(clock(), schedule.next_read_at() - early_s)
+        if extra and extra[0] < planned_s:
+            planned_s = max(clock(), extra.pop(0))
+        clock.advance(planned_s - clock())
         sent_s = clock()
         window = 0 if meter is None else meter.shown_at(sent_s + rtt_s / 2)
         clock.advance(rtt_s)
@@ -175,6 +183,60 @@ def test_repeated_phase_jumps_cost_one_scan_each(clock: ManualClock) -> None:
     assert outcome.reads / 112.0 <= ALERT_READS_PER_S + 4.0, "+ one scan (≈ 8 reads) and ≈ 3 retries per jump"
 
 
+def test_a_read_that_goes_out_early_is_not_repeated(clock: ManualClock) -> None:
+    """uvloop's timers have millisecond resolution against a cached loop time: about a third of
+    the service's reads went out up to 1.4 ms before their planned time. A probe sent early is
+    still this window's probe: it was repeated at once (1.2 reads/s more per meter)."""
+    timing = MeterTiming(frequency=steady(50.0), jitter_s=0.002)
+    on_time = run(PhaseLockedSchedule(PERIOD_S), clock, meter_at(clock, timing), 30.0, settle_s=5.0)
+    schedule = PhaseLockedSchedule(PERIOD_S)
+    early = run(schedule, clock, meter_at(clock, timing), 30.0, settle_s=5.0, early_s=0.0005)
+    assert early.reads <= 1.05 * on_time.reads, "no second probe"
+    assert early.reads / 25.0 <= 7.3
+    assert early.percentile_s(0.99) < 0.006
+    assert schedule.slips == 0
+
+
+def test_a_rescan_that_starts_after_the_change_scans_the_next_window(clock: ManualClock) -> None:
+    """An unplanned read (a second probe, as uvloop's early timers made) sees the change 6 ms early
+    1 ms after the probe that still showed the old values: a tight bracket, so the rescan of the
+    next window starts 198 ms after the probe. That window comes 150 ms earlier still: the rescan's
+    first read already shows it, a 196 ms bracket. It was bisected, reading the window after it
+    49 ms late (up to 98); that window is scanned instead."""
+    timing = MeterTiming(frequency=steady(50.0), jitter_s=0.0, scripted_jumps=((4.0, -0.006), (4.1, -0.15)))
+    meter = meter_at(clock, timing)
+    schedule = PhaseLockedSchedule(PERIOD_S)
+    run(schedule, clock, meter, duration_s=3.0, settle_s=3.0)
+    start_s = clock()
+    first = meter.index_after(meter.start_s + 4.0 - 0.001)
+    assert meter.jumps[0][0] == first, "the early change is the first window closing after 4 s"
+    extra_s = meter.close_s(first) - 0.0003 - start_s  # after the probe: shows the early change
+    outcome = run(schedule, clock, meter, duration_s=3.0, settle_s=0.0, extra_reads_s=(extra_s,))
+    jumped, _ = meter.jumps[1]
+    assert jumped == first + 1
+    late = outcome.bad_windows(jumped, max(outcome.ages_s))
+    assert late == [w for w in late if w < jumped + 1], "the window after the jump is read in time"
+
+
+@pytest.mark.parametrize(("early_ms", "after_s"), [(-50, 0.25), (-100, 0.25), (-50, 0.45)])
+def test_an_early_jump_while_bisecting_is_probed(clock: ManualClock, early_ms: int, after_s: float) -> None:
+    """A late jump leaves a scan bracket of ≈ 12 ms that the data reads bisect; an early jump in the
+    next windows came before the bracket. With no probe while bisecting, the bisecting read took it
+    for the lower half and the windows were read 40–100 ms late for three windows; the probe now
+    goes before the bracket and sees it."""
+    timing = MeterTiming(
+        frequency=steady(50.1),
+        jitter_s=0.001,
+        scripted_jumps=((3.0, 0.04), (4.5, 0.05), (4.5 + after_s, early_ms / 1000)),
+    )
+    meter = meter_at(clock, timing)
+    schedule = PhaseLockedSchedule(PERIOD_S)
+    outcome = run(schedule, clock, meter, duration_s=7.0, settle_s=3.5)
+    jumped, _ = meter.jumps[-1]
+    late = outcome.bad_windows(jumped, max(outcome.ages_s))
+    assert late == [w for w in late if w < jumped + 2], "re-locked within 2 windows"
+
+
 @pytest.mark.parametrize("rtt_ms", [4, 8])
 def test_slow_replies_are_planned_around(clock: ManualClock, rtt_ms: int) -> None:
     """A gateway's round trip is measured: reads still land just after each change."""
@@ -183,7 +245,10 @@ def test_slow_replies_are_planned_around(clock: ManualClock, rtt_ms: int) -> Non
     outcome = run(schedule, clock, meter, duration_s=20.0, settle_s=3.0, rtt_s=rtt_ms / 1000)
     assert mode_of(schedule) == "phase_locked"
     assert outcome.percentile_s(0.5) < rtt_ms / 1000 + 0.003, "late by about the reply's own travel"
-    assert outcome.reads / 17.0 <= 8.0
+    # At 8 ms one probe finds a change 6 ms before its prediction (the phase lags behind the 50.1 Hz
+    # drift), a slip: 25 windows with a probe each, 8.8 reads/s. (It passed 8.0 only while a fall
+    # of the round-trip estimate moved the probe later and repeated it, feeding the fit.)
+    assert outcome.reads / 17.0 <= 9.0
 
 
 def test_falls_back_to_fixed_100_ms_polling_when_values_never_change(clock: ManualClock) -> None:

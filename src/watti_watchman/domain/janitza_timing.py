@@ -143,7 +143,10 @@ class PhaseLockedSchedule:
     The phase moves toward each tight bracket (a data read that came too early and its retries)
     and creeps earlier while the data reads find the change already there; after a re-acquisition
     the scan's bracket is narrowed by bisection: the data read goes to its middle, so each window
-    halves it (or its retries find the change) without an extra read. The period is a least-squares
+    halves it (or its retries find the change) without an extra read; a probe, when due, goes before
+    the bracket (an early jump while bisecting is seen at once). A scan whose first read
+    already shows the change (that window came earlier still) has only the wait before it as a
+    bracket: the next window is scanned instead of bisected. The period is a least-squares
     fit over the tight brackets, one phase per run between jumps (a jump does not change the period).
     """
 
@@ -216,20 +219,41 @@ class PhaseLockedSchedule:
         if self._late:
             near = last.sent_s < predicted_s + self._half_s + tuning.jump_s
             return last.sent_s + (tuning.retry_s if near else tuning.burst_s)
-        # A reply shows the values of about half its round trip after it was sent, and a read
-        # goes out about `_wake_s` after it was planned.
-        early_s = self._rtt_s / 2 + self._wake_s
-        if self._half_s:  # bisecting: one read in the middle of the bracket halves it, no probe
-            return max(predicted_s - early_s, last.sent_s + tuning.retry_s)
-        probe_s = predicted_s - tuning.guard_s - early_s
-        if self._probe_due and last.sent_s < probe_s:
+        early_s = self._early_s()
+        probe_s = self._planned_probe_s()
+        if probe_s is not None:
             return probe_s
+        if self._half_s:  # bisecting: one read in the middle of the bracket halves it
+            return max(predicted_s - early_s, last.sent_s + tuning.retry_s)
         return max(predicted_s + tuning.margin_s - early_s, last.sent_s + tuning.retry_s)
+
+    def _early_s(self) -> float:
+        """How much earlier than the values are wanted a read is planned: a reply shows the values
+        of about half its round trip after it was sent, and a read goes out about `_wake_s` after
+        it was planned."""
+        return self._rtt_s / 2 + self._wake_s
+
+    def _planned_probe_s(self) -> float | None:
+        """When this window's probe is planned while locked, if it is still to come."""
+        last = self._last
+        if self.mode != "phase_locked" or last is None or last.new_window is None or self._late:
+            return None
+        if not self._probe_due:
+            return None
+        # Before the bracket still being bisected, if any: a change before it is a jump.
+        probe_s = self._predicted_s - self._half_s - self.tuning.guard_s - self._early_s()
+        return probe_s if last.sent_s < probe_s else None
 
     def observe(self, read: ReadTiming) -> ChangeEstimate | None:
         """Learn from one read; for a new window, the estimated time its values appeared."""
         if self.mode == "phase_locked" and self._last is not None and self._last.new_window is not None:
-            late_s = min(self.tuning.max_wake_s, max(0.0, read.sent_s - self.next_read_at()))
+            planned_s = self.next_read_at()
+            if self._planned_probe_s() is not None:
+                # This read was the probe, even if it went out before its planned time (uvloop's
+                # timers fire up to a millisecond early) or the round-trip estimate moves the plan
+                # after it: one probe per window.
+                self._probe_due = False
+            late_s = min(self.tuning.max_wake_s, max(0.0, read.sent_s - planned_s))
             self._wake_s += 0.1 * (late_s - self._wake_s)
         previous, self._last = self._last, read
         if read.new_window is None:
@@ -254,6 +278,14 @@ class PhaseLockedSchedule:
         if read.new_window:
             hi_s = read.arrived_s
             bracket = ChangeEstimate((lo_s + hi_s) / 2, (hi_s - lo_s) / 2)
+            if self.mode == "reacquiring" and hi_s - lo_s > self._tight_s(self.tuning.burst_s):
+                # The scan's first read already shows the change it was to find (that window came
+                # earlier still): the bracket is the whole wait before the scan. Bisecting it would
+                # read the next window up to half of it late; scan through it there instead.
+                self._reacquire_from_s = lo_s + self.period_s * (1 - self.tuning.period_tolerance)
+                self._search_since_s = read.sent_s
+                self._advance(self._index + 1)
+                return bracket
             if self.mode == "reacquiring" and abs(bracket.at_s - self._predicted_s) <= 2 * self.tuning.jump_s:
                 self.mode = "phase_locked"  # drift, not a jump: the fit goes on
                 if hi_s - lo_s <= self._tight_s(self.tuning.retry_s):
@@ -298,7 +330,7 @@ class PhaseLockedSchedule:
         hi_s = read.arrived_s
         bracket = ChangeEstimate((lo_s + hi_s) / 2, (hi_s - lo_s) / 2)
         was_late, self._late = self._late, False
-        if not self._half_s and shown_s < predicted_s - tuning.guard_s / 2:
+        if shown_s < predicted_s - self._half_s - tuning.guard_s / 2:
             self.slips += 1  # a probe saw the change: it came early, somewhere in (lo, hi]
             if self._period_fitted:
                 self._calm = 0

@@ -230,6 +230,33 @@ def test_throttle_follows_a_jittery_meter_without_exceeding_the_rate(
         assert sum(1 for t in passes if start <= t < start + 1.0) <= 1.0 / 0.2 + 1
 
 
+async def test_each_reading_is_written_as_it_arrives_not_when_the_throttle_would_allow(
+    mqtt_connection: MqttConnectionConfig, unique_id: str
+) -> None:
+    """Power values go to the GX with each new window at once (the throttle skips, never delays):
+    a late write used to pace every later one, each written ≈150 ms after its window."""
+    async with rig(mqtt_connection, unique_id) as r:
+        published_s: dict[int, float] = {}
+        written: list[tuple[float, int]] = []
+        meter_publish, write_values = r.meter.values.publish, r.feeder._write_values
+
+        def record_publish(value: Any, at_s: float | None = None) -> Any:
+            stamped = meter_publish(value, at_s)
+            published_s[stamped.seq] = monotonic()
+            return stamped
+
+        async def record_write(prefix: str, stamped: Any, value_class: Any) -> None:
+            if value_class.kind == "power":
+                written.append((monotonic(), stamped.seq))
+            await write_values(prefix, stamped, value_class)
+
+        r.meter.values.publish = record_publish  # type: ignore[method-assign]
+        r.feeder._write_values = record_write  # type: ignore[method-assign]
+        await wait_until(lambda: len([seq for _, seq in written if seq in published_s]) >= 15, 10)
+        delays_s = sorted(at_s - published_s[seq] for at_s, seq in written if seq in published_s)
+        assert delays_s[len(delays_s) // 2] < 0.03, delays_s
+
+
 @pytest.mark.parametrize("invert", [False, True])
 async def test_registers_then_writes_every_path_with_venus_units_and_signs(
     mqtt_connection: MqttConnectionConfig, unique_id: str, invert: bool

@@ -531,12 +531,16 @@ class VictronGridFeeder:
             for value_class in self._classes:
                 if stamped.seq > value_class.seq and value_class.throttle.wait_s(now_s) == 0.0:
                     await self._write_values(prefix, stamped, value_class)
-            pending = [
-                value_class.throttle.wait_s(now_s)
+            # A reading the throttle holds back is written when a newer one arrives, not when the
+            # throttle allows: such a late write would pace every later reading by the throttle
+            # instead of by the meter, each written most of a window late. Only a meter gone quiet
+            # gets its held-back reading written, one interval after the throttle allows it.
+            held_back = [
+                value_class.throttle.wait_s(now_s) + value_class.throttle.interval_s
                 for value_class in self._classes
                 if stamped.seq > value_class.seq
             ]
-            return max(0.001, min([idle_s, *pending]))
+            return max(0.001, min(held_back, default=idle_s))
 
     async def _write_values(
         self, prefix: str, stamped: Stamped[QuantityValues], value_class: _ValueClass

@@ -112,6 +112,8 @@ class _ValueClass:
     quantities: tuple[Quantity, ...]
     throttle: _Throttle
     seq: int = 0
+    held_s: float | None = None
+    """Clock time (s) the newest unwritten reading was first held back by the throttle."""
 
 
 def _parse_prefix(prefix: str) -> tuple[str | None, int | None]:
@@ -472,6 +474,8 @@ class VictronGridFeeder:
             _ValueClass("slow", self.slow_quantities, _Throttle(config.slow_interval)),
         )
         self._generation = 0
+        self._stepped_seq = 0
+        """Sequence number of the reading the previous step saw (a newer one has arrived since)."""
         self._invalidated = True
         """True while the GX holds no value of ours worth invalidating."""
         self._guard = CounterGuard()
@@ -520,6 +524,8 @@ class VictronGridFeeder:
                 for value_class in self._classes:
                     value_class.throttle.reset()
                     value_class.seq = 0
+                    value_class.held_s = None
+                self._stepped_seq = 0  # the newest reading goes out at once
                 self._invalidated = False  # the GX may still hold our last values (broker restart)
             stamped = self.grid_meter.values.snapshot()
             if stamped is None or not self.grid_meter.is_fresh():
@@ -528,19 +534,31 @@ class VictronGridFeeder:
                     self._invalidated = await self._publish_round(prefix, nulls, "invalidate")
                 return idle_s
             now_s = self._clock()
+            arrived = stamped.seq != self._stepped_seq  # since the last step
+            self._stepped_seq = stamped.seq
             for value_class in self._classes:
-                if stamped.seq > value_class.seq and value_class.throttle.wait_s(now_s) == 0.0:
+                if stamped.seq <= value_class.seq:
+                    value_class.held_s = None
+                    continue
+                # A reading the throttle holds back waits for a newer one, to be written as that
+                # arrives: written once the throttle allows, it would pace every later reading by
+                # the throttle instead of by the meter, each most of a window late. Only a meter
+                # gone quiet gets it written, one interval after it was held back.
+                held_s = value_class.held_s
+                overdue = held_s is not None and now_s - held_s >= value_class.throttle.interval_s
+                if value_class.throttle.wait_s(now_s) == 0.0 and (arrived or overdue):
+                    value_class.held_s = None
                     await self._write_values(prefix, stamped, value_class)
-            # A reading the throttle holds back is written when a newer one arrives, not when the
-            # throttle allows: such a late write would pace every later reading by the throttle
-            # instead of by the meter, each written most of a window late. Only a meter gone quiet
-            # gets its held-back reading written, one interval after the throttle allows it.
-            held_back = [
-                value_class.throttle.wait_s(now_s) + value_class.throttle.interval_s
+                elif held_s is None:
+                    value_class.held_s = now_s
+            # Readings wake the loop; the timer only for a held-back reading that is due, or to see
+            # the meter go stale: two intervals, so it never fires just before the next reading.
+            due = [
+                value_class.held_s + value_class.throttle.interval_s - now_s
                 for value_class in self._classes
-                if stamped.seq > value_class.seq
+                if value_class.held_s is not None
             ]
-            return max(0.001, min(held_back, default=idle_s))
+            return max(0.001, min([2 * idle_s, *due]))
 
     async def _write_values(
         self, prefix: str, stamped: Stamped[QuantityValues], value_class: _ValueClass

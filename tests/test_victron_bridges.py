@@ -77,6 +77,7 @@ def victron_meter(
     ):
         if hasattr(meter, tunable):  # (lets this file run against older meters to see it fail)
             setattr(meter, tunable, getattr(meter, tunable) / k)
+    meter.session.read_coalesce_s /= k  # the GX is read at most every 50 field-ms
     return meter
 
 

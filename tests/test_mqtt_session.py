@@ -9,25 +9,37 @@ import pytest
 from tests.support.brokers import TestBroker
 from tests.support.proxy import LoopbackProxy
 from tests.support.waiting import wait_until
+from tests.test_venus_emulator import running
 from watti_watchman.clock import monotonic
 from watti_watchman.config.mqtt import MqttConnectionConfig
-from watti_watchman.mqtt import LastWill, MqttSession, NotConnectedError
+from watti_watchman.mqtt import LastWill, MessageHandler, MqttSession, NotConnectedError
 
 
 def listening(
-    connection: MqttConnectionConfig, unique_id: str, received: list[tuple[str, bytes]]
+    connection: MqttConnectionConfig,
+    unique_id: str,
+    received: list[tuple[str, bytes]] | None = None,
+    *,
+    on_message: MessageHandler | None = None,
+    read_coalesce_s: float = 0.0,
 ) -> MqttSession:
-    """A session that subscribes to `unique_id/#` on every connect and collects what arrives."""
+    """A session that subscribes to `unique_id/#` on every connect and collects what arrives in
+    `received` (or hands it to `on_message`)."""
 
     async def subscribe(session: MqttSession) -> None:
         await session.subscribe(f"{unique_id}/#")
+
+    def collect(topic: str, payload: bytes, _retained: bool) -> None:
+        assert received is not None
+        received.append((topic, payload))
 
     return MqttSession(
         connection,
         "listener",
         clock=monotonic,
         on_connect=subscribe,
-        on_message=lambda topic, payload, _retained: received.append((topic, payload)),
+        on_message=on_message or collect,
+        read_coalesce_s=read_coalesce_s,
     )
 
 
@@ -42,8 +54,7 @@ async def test_publish_subscribe_reconnect_and_will(
     with pytest.raises(NotConnectedError):
         await talker.publish(f"{unique_id}/x", b"1")
     assert talker.publish_drops_total == 1
-    tasks = [asyncio.create_task(listener.run()), asyncio.create_task(talker.run())]
-    try:
+    async with running(listener, talker):
         await wait_until(
             lambda: listener.is_connected and talker.is_connected and listener.messages_total >= 0
         )
@@ -70,26 +81,18 @@ async def test_publish_subscribe_reconnect_and_will(
         metrics = {f.name: f for f in talker.collect_metrics()}
         assert metrics["watti_mqtt_connected"].samples[0].value == 1.0
         assert metrics["watti_mqtt_connects"].samples[0].value == 2
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_the_connection_sends_without_nagle_delay(mqtt_connection: MqttConnectionConfig) -> None:
     """A decision's per-phase writes must not wait for the ACK of the first (Nagle + delayed ACK)."""
     session = MqttSession(mqtt_connection, "control", clock=monotonic)
-    task = asyncio.create_task(session.run())
-    try:
+    async with running(session):
         await wait_until(lambda: session.is_connected)
         client = session._client
         assert client is not None
         sock = client._client.socket()
         assert isinstance(sock, socket.socket)
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_publish_many_sends_in_order_and_waits_for_a_stalled_broker(
@@ -104,37 +107,34 @@ async def test_publish_many_sends_in_order_and_waits_for_a_stalled_broker(
     with pytest.raises(NotConnectedError):
         await talker.publish_many([(f"{unique_id}/x", b"0")] * 3)
     assert talker.publish_drops_total == 3
-    tasks = [asyncio.create_task(listener.run()), asyncio.create_task(talker.run())]
     try:
-        await wait_until(
-            lambda: listener.is_connected and talker.is_connected and listener.connects_total == 1
-        )
-        await asyncio.sleep(0.1)  # the listener's SUBACK
-        sent = [str(n).encode() for n in range(19 * 40)]
-        for start in range(0, len(sent), 19):
-            await talker.publish_many(
-                [(f"{unique_id}/{n % 19}", p) for n, p in enumerate(sent[start : start + 19])]
+        async with running(listener, talker):
+            await wait_until(
+                lambda: listener.is_connected and talker.is_connected and listener.connects_total == 1
             )
-        await wait_until(lambda: len(messages) >= len(sent), 5.0, "all received")
-        assert [payload for _, payload in messages] == sent
-        assert talker.publishes_total == len(sent)
+            await asyncio.sleep(0.1)  # the listener's SUBACK
+            sent = [str(n).encode() for n in range(19 * 40)]
+            for start in range(0, len(sent), 19):
+                await talker.publish_many(
+                    [(f"{unique_id}/{n % 19}", p) for n, p in enumerate(sent[start : start + 19])]
+                )
+            await wait_until(lambda: len(messages) >= len(sent), 5.0, "all received")
+            assert [payload for _, payload in messages] == sent
+            assert talker.publishes_total == len(sent)
 
-        proxy.stall()
-        big = b"x" * 65536
-        for _ in range(2000):  # ≤ 128 MB: socket buffers hold far less
-            try:
-                await asyncio.wait_for(talker.publish_many([(f"{unique_id}/big", big)] * 2), 0.5)
-            except TimeoutError:
-                break
-        else:
-            pytest.fail("publish_many kept queueing while the broker read nothing")
-        proxy.resume()
-        await talker.publish_many([(f"{unique_id}/x", b"after")])
-        await wait_until(lambda: messages[-1][1] == b"after", 10.0, "flowing again")
+            proxy.stall()
+            big = b"x" * 65536
+            for _ in range(2000):  # ≤ 128 MB: socket buffers hold far less
+                try:
+                    await asyncio.wait_for(talker.publish_many([(f"{unique_id}/big", big)] * 2), 0.5)
+                except TimeoutError:
+                    break
+            else:
+                pytest.fail("publish_many kept queueing while the broker read nothing")
+            proxy.resume()
+            await talker.publish_many([(f"{unique_id}/x", b"after")])
+            await wait_until(lambda: messages[-1][1] == b"after", 10.0, "flowing again")
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         proxy.close()
 
 
@@ -152,31 +152,28 @@ async def test_publish_together_sends_the_messages_in_one_segment_at_once(
     with pytest.raises(NotConnectedError):
         talker.publish_together([(topic, b"{}") for topic in topics])
     assert talker.publish_drops_total == 3
-    tasks = [asyncio.create_task(listener.run()), asyncio.create_task(talker.run())]
     try:
-        await wait_until(lambda: listener.is_connected and talker.is_connected)
+        async with running(listener, talker):
+            await wait_until(lambda: listener.is_connected and talker.is_connected)
 
-        async def until_subscribed() -> None:
-            while f"{unique_id}/ready" not in [topic for topic, _ in heard]:
-                talker.publish_together([(f"{unique_id}/ready", b"")])
-                await asyncio.sleep(0.02)
+            async def until_subscribed() -> None:
+                while f"{unique_id}/ready" not in [topic for topic, _ in heard]:
+                    talker.publish_together([(f"{unique_id}/ready", b"")])
+                    await asyncio.sleep(0.02)
 
-        await asyncio.wait_for(until_subscribed(), 10)
-        heard.clear()
-        before, published = len(proxy.upstream_reads), talker.publishes_total
-        talker.publish_together([(topic, b'{"value": 1}') for topic in topics])
-        client = talker._client
-        assert client is not None
-        assert not client._client._out_packet, "written during the call, not queued for the event loop"
-        await wait_until(lambda: len(heard) == 3, 5, "all three delivered")
-        assert [topic for topic, _ in heard] == topics
-        [segment] = [data for data in proxy.upstream_reads[before:] if topics[0].encode() in data]
-        assert all(topic.encode() in segment for topic in topics), "one read holds all three"
-        assert talker.publishes_total == published + 3
+            await asyncio.wait_for(until_subscribed(), 10)
+            heard.clear()
+            before, published = len(proxy.upstream_reads), talker.publishes_total
+            talker.publish_together([(topic, b'{"value": 1}') for topic in topics])
+            client = talker._client
+            assert client is not None
+            assert not client._client._out_packet, "written during the call, not queued for the event loop"
+            await wait_until(lambda: len(heard) == 3, 5, "all three delivered")
+            assert [topic for topic, _ in heard] == topics
+            [segment] = [data for data in proxy.upstream_reads[before:] if topics[0].encode() in data]
+            assert all(topic.encode() in segment for topic in topics), "one read holds all three"
+            assert talker.publishes_total == published + 3
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         proxy.close()
 
 
@@ -191,15 +188,9 @@ async def test_a_failing_handler_is_counted_and_the_session_goes_on(
             raise ValueError("handler bug")
         handled.append(payload)
 
-    async def subscribe(session: MqttSession) -> None:
-        await session.subscribe(f"{unique_id}/#")
-
-    listener = MqttSession(
-        mqtt_connection, "listener", clock=monotonic, on_connect=subscribe, on_message=handler
-    )
+    listener = listening(mqtt_connection, unique_id, on_message=handler)
     talker = MqttSession(mqtt_connection, "talker", clock=monotonic)
-    tasks = [asyncio.create_task(listener.run()), asyncio.create_task(talker.run())]
-    try:
+    async with running(listener, talker):
         await wait_until(lambda: listener.is_connected and talker.is_connected)
 
         async def publish_until_handled(payload: bytes) -> None:
@@ -217,10 +208,6 @@ async def test_a_failing_handler_is_counted_and_the_session_goes_on(
         logged = [r for r in caplog.records if r.getMessage() == "message handler failed"]
         assert logged[0].levelname == "ERROR" and logged[0].exc_info is not None
         assert all(r.levelname == "DEBUG" for r in logged[1:])
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_coalesced_reads_wait_then_take_every_waiting_message_and_survive_a_broker_restart(
@@ -230,22 +217,15 @@ async def test_coalesced_reads_wait_then_take_every_waiting_message_and_survive_
     delay_s = 0.5
     handled: list[tuple[float, bytes]] = []
     flood = 3000  # more than one read takes (MAX_PACKETS_PER_READ)
-
-    async def subscribe(session: MqttSession) -> None:
-        await session.subscribe(f"{unique_id}/#")
-
-    listener = MqttSession(
+    listener = listening(
         mqtt_connection,
-        "listener",
-        clock=monotonic,
-        on_connect=subscribe,
+        unique_id,
         on_message=lambda _topic, payload, _retained: handled.append((monotonic(), payload)),
         read_coalesce_s=delay_s,
     )
     talker = MqttSession(mqtt_connection, "talker", clock=monotonic)
-    tasks = [asyncio.create_task(listener.run()), asyncio.create_task(talker.run())]
     topic = f"{unique_id}/x"
-    try:
+    async with running(listener, talker):
         for connection in (1, 2):
             await wait_until(lambda n=connection: listener.connects_total == n and talker.is_connected, 15)  # type: ignore[misc]
             while not any(payload == b"ready" for _, payload in handled):  # subscribed
@@ -265,7 +245,3 @@ async def test_coalesced_reads_wait_then_take_every_waiting_message_and_survive_
                 await broker.stop()
                 await wait_until(lambda: not listener.is_connected)
                 await broker.start()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

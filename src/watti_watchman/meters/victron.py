@@ -88,10 +88,6 @@ class VictronMeter:
         """Commanding this long (s) before Hub4Mode/passthru alarms may fire."""
         self.commanding_window_s = 5.0
         """Setpoints written within this window (s) count as commanding (and are exported)."""
-        self.derived_settle_s = 0.0
-        """The snapshot, values, battery status and AC-in sample are built this long (s) after the
-        first notification of a burst, once for the whole burst: notifications are read in
-        batches (READ_COALESCE_S), so right after the batch that brought it."""
         self.session = MqttSession(
             connection,
             f"victron_{config.name}",
@@ -130,7 +126,7 @@ class VictronMeter:
         self.families = Families()
         self._derived_at_s = 0.0
         self._derived_force = False
-        self._derived_timer: asyncio.TimerHandle | None = None
+        self._derived_timer: asyncio.Handle | None = None
 
     # -- capabilities ----------------------------------------------------------------------------
 
@@ -406,8 +402,8 @@ class VictronMeter:
         )
 
     def _publish_derived(self, now: float, *, force: bool, settle: bool = False) -> None:
-        """Hand the values to consumers, with `settle` only `derived_settle_s` after the first
-        change of a burst (once for the burst), else at once (with whatever is pending).
+        """Hand the values to consumers, with `settle` once the batch of notifications being read
+        is handled (once for the burst: READ_COALESCE_S), else at once (with whatever is pending).
 
         The first snapshot always goes out at once. Stamped with the time of the newest
         notification; `force` re-publishes an unchanged battery status and sample (heartbeat,
@@ -420,8 +416,7 @@ class VictronMeter:
                 self._derived_timer.cancel()
             self._flush_derived()
         elif self._derived_timer is None:
-            loop = asyncio.get_running_loop()
-            self._derived_timer = loop.call_later(self.derived_settle_s, self._flush_derived)
+            self._derived_timer = asyncio.get_running_loop().call_soon(self._flush_derived)
 
     def _flush_derived(self) -> None:
         """Hand the values to consumers while the GX is alive; the first once Multi and SOC are known."""

@@ -5,13 +5,22 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import aiohttp
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from watti_watchman.clock import ManualClock
 from watti_watchman.domain.quantities import Quantity, QuantityValues
+from watti_watchman.http import HttpServer, build_http_app
 from watti_watchman.latest import Latest
-from watti_watchman.metrics import PROCESS_MAX_AGE_S, Exposition, Families, Histogram, format_value
+from watti_watchman.metrics import (
+    PROCESS_MAX_AGE_S,
+    PROCESS_STALE_S,
+    Exposition,
+    Families,
+    Histogram,
+    format_value,
+)
 
 TABLE: tuple[Quantity, ...] = (
     Quantity(
@@ -172,22 +181,55 @@ def test_format_value_is_prometheus_clients() -> None:
         assert format_value(value) == floatToGoString(value)  # type: ignore[no-untyped-call]
 
 
+def _cpu_line(body: bytes) -> bytes:
+    return next(line for line in body.splitlines() if line.startswith(b"process_cpu_seconds_total "))
+
+
+def _burn(cpu_s: float) -> None:
+    started = time.process_time()
+    while time.process_time() - started < cpu_s:
+        pass
+
+
 def test_process_families_are_read_at_most_once_per_max_age() -> None:
-    """A scrape every 200 ms must not read /proc every time: process_* stay as read for PROCESS_MAX_AGE_S."""
-
-    def cpu_line(body: bytes) -> bytes:
-        return next(line for line in body.splitlines() if line.startswith(b"process_cpu_seconds_total "))
-
-    def burn(cpu_s: float) -> None:
-        started = time.process_time()
-        while time.process_time() - started < cpu_s:
-            pass
-
+    """A scrape every 200 ms must not read /proc every time, nor wait for it: process_* stay as
+    read for PROCESS_MAX_AGE_S, and `refresh` (after a scrape is answered) reads them again; a
+    render reads them itself only when they are older than PROCESS_STALE_S (rare scrapes)."""
     clock = ManualClock()
     exposition = Exposition(clock=clock)
-    first = cpu_line(exposition.render())
-    burn(0.05)
+    first = _cpu_line(exposition.render())
+    _burn(0.05)
     clock.now_s += PROCESS_MAX_AGE_S * 0.9
-    assert cpu_line(exposition.render()) == first, "read again within the max age"
+    exposition.refresh()
+    assert _cpu_line(exposition.render()) == first, "read again within the max age"
     clock.now_s += PROCESS_MAX_AGE_S * 0.1
-    assert cpu_line(exposition.render()) != first, "not read again after the max age"
+    assert _cpu_line(exposition.render()) == first, "the render read /proc"
+    exposition.refresh()
+    second = _cpu_line(exposition.render())
+    assert second != first, "not read again after the max age"
+    _burn(0.05)
+    clock.now_s += PROCESS_STALE_S
+    assert _cpu_line(exposition.render()) == second, "read before they were stale"
+    clock.now_s += 0.001
+    assert _cpu_line(exposition.render()) != second, "a rare scrape showed stale values"
+
+
+async def test_a_scrape_reads_proc_after_its_reply(clock: ManualClock) -> None:
+    """/metrics answers with process_* as read before and re-reads them once answered."""
+    exposition = Exposition(clock=clock)
+    server = HttpServer(build_http_app(exposition, [], dict), "127.0.0.1", 0)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def scrape() -> bytes:
+                async with http.get(f"http://127.0.0.1:{server.port}/metrics") as response:
+                    return _cpu_line(await response.read())
+
+            first = await scrape()
+            _burn(0.05)
+            clock.now_s += PROCESS_MAX_AGE_S
+            assert await scrape() == first, "the reply waited for /proc"
+            assert await scrape() != first, "not read again after the reply"
+    finally:
+        await server.stop()

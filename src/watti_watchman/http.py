@@ -61,6 +61,7 @@ def build_http_app(
     async def metrics(_: web.Request) -> web.Response:
         response = web.Response(body=exposition.render())
         response.headers["Content-Type"] = CONTENT_TYPE
+        asyncio.get_running_loop().call_soon(exposition.refresh)  # runs once the reply is written
         return response
 
     async def healthz(_: web.Request) -> web.Response:

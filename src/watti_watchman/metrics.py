@@ -26,7 +26,10 @@ from watti_watchman.meters.base import Meter
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 PROCESS_MAX_AGE_S = 1.0
-"""process_* families are read from /proc at most this often (s); scrapes in between reuse them."""
+"""process_* families are read from /proc again after a scrape is answered once they are this old
+(s); scrapes in between reuse them."""
+PROCESS_STALE_S = 5.0
+"""A render reads process_* itself when they are older than this (s): scrapes rarer than that."""
 MAX_CACHED_SERIES = 20_000
 """The series prefix cache is emptied beyond this many entries (label values that keep changing)."""
 
@@ -283,23 +286,34 @@ class Exposition:
 
     def __init__(self, *, process: bool = True, clock: Clock = monotonic) -> None:
         """`process`: append prometheus_client's process_* families (RSS, open fds, CPU; Linux),
-        read at most every PROCESS_MAX_AGE_S (`clock`: monotonic seconds)."""
+        read from /proc when built, by `refresh` and by a render that finds them older than
+        PROCESS_STALE_S (`clock`: monotonic seconds)."""
         self._emitters: list[Emit] = []
         self._headers: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._prefixes: dict[tuple[object, ...], str] = {}
-        self._collector = ProcessCollector(registry=None)
+        self._collector = ProcessCollector(registry=None) if process else None
         self._clock = clock
-        self._process_at_s: float | None = None
+        self._process_at_s = 0.0
         self._process_blocks: list[Block] = []
-        self._process: tuple[Emit, ...] = (self._process_emit,) if process else ()
+        self._process_emit: tuple[Emit, ...] = (self._process,) if process else ()
         self.last_render_s = 0.0
         """How long the previous render took (s); exported by the next one."""
+        self._read_process()
 
-    def _process_emit(self) -> list[Block]:
-        now_s = self._clock()
-        if self._process_at_s is None or now_s - self._process_at_s >= PROCESS_MAX_AGE_S:
+    def _read_process(self) -> None:
+        if self._collector is not None:
             self._process_blocks = list(self._blocks(self._collector.collect()))
-            self._process_at_s = now_s
+            self._process_at_s = self._clock()
+
+    def refresh(self) -> None:
+        """Read the process_* families from /proc again if PROCESS_MAX_AGE_S old (called once a
+        scrape is answered, so that frequent scrapes never wait for /proc; the next one shows them)."""
+        if self._clock() - self._process_at_s >= PROCESS_MAX_AGE_S:
+            self._read_process()
+
+    def _process(self) -> list[Block]:
+        if self._clock() - self._process_at_s > PROCESS_STALE_S:
+            self._read_process()
         return self._process_blocks
 
     def add(self, source: MetricSource | Callable[[], Iterable[Metric]]) -> None:
@@ -341,7 +355,7 @@ class Exposition:
         """Text exposition format 0.0.4 of the current snapshots."""
         started = time.perf_counter()
         merged: dict[str, list[str]] = {}
-        for emit in (*self._emitters, *self._process):
+        for emit in (*self._emitters, *self._process_emit):
             for name, head, lines in emit():
                 block = merged.get(name)
                 if block is None:

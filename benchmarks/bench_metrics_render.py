@@ -20,6 +20,7 @@ from watti_watchman.sim.scenario import load_scenario
 
 POPULATE_S = 8.0
 SCRAPE_INTERVAL_S = 0.2
+PACED = f"every {SCRAPE_INTERVAL_S * 1000:g} ms"
 BACK_TO_BACK_RENDERS = 2000
 
 
@@ -37,7 +38,7 @@ async def measure(renders: int) -> tuple[dict[str, list[float]], int, int]:
         times: dict[str, list[float]] = {}
         body = b""
         for pacing, count, pause_s in (
-            (f"every {SCRAPE_INTERVAL_S * 1000:g} ms", renders, SCRAPE_INTERVAL_S),
+            (PACED, renders, SCRAPE_INTERVAL_S),
             ("back to back", BACK_TO_BACK_RENDERS, 0.0),
         ):
             series = times[pacing] = []
@@ -72,7 +73,7 @@ def main() -> None:
                 f"{percentile(ms, 0.5):.2f}",
                 f"{percentile(ms, 0.99):.2f}",
                 f"{ms[-1]:.2f}",
-                "p99 ≤ 2" if pacing == f"every {SCRAPE_INTERVAL_S * 1000:g} ms" else "–",
+                "p99 ≤ 2" if pacing == PACED else "–",
             ]
         )
     print_table(["renders", "n", "p50 ms", "p99 ms", "max ms", "target"], rows)

@@ -38,8 +38,8 @@ FLASHMQ_ONLY_LEAVES = frozenset({"heartbeat", "full_publish_completed"})
 """`N/<pid>/<leaf>` topics only dbus-flashmq sends (dbus-mqtt also sends a retained `keepalive`)."""
 READ_COALESCE_S = 0.05
 """The GX's notifications are read at most this often (s), each time all waiting: a value is
-then ≤ 50 ms later than it could be (the control loop is paced by the Janitza meters; the GX
-itself updates its values once a second), for one wake-up instead of one per message."""
+then ≤ 50 ms later than it could be (the control loop is paced by the Janitza meters, not by the
+GX), for one wake-up instead of one per message."""
 STATE_PASSTHRU = 8
 HUB4_EXTERNAL_CONTROL = 3
 Dialect = Literal["flashmq", "legacy"]
@@ -126,7 +126,7 @@ class VictronMeter:
         self.families = Families()
         self._derived_at_s = 0.0
         self._derived_force = False
-        self._derived_timer: asyncio.Handle | None = None
+        self._derived_pending: asyncio.Handle | None = None
 
     # -- capabilities ----------------------------------------------------------------------------
 
@@ -412,15 +412,15 @@ class VictronMeter:
         self._derived_at_s = now
         self._derived_force = self._derived_force or force
         if not settle or self.snapshot.seq == 0:  # nothing handed over yet: readiness follows it
-            if self._derived_timer is not None:
-                self._derived_timer.cancel()
+            if self._derived_pending is not None:
+                self._derived_pending.cancel()
             self._flush_derived()
-        elif self._derived_timer is None:
-            self._derived_timer = asyncio.get_running_loop().call_soon(self._flush_derived)
+        elif self._derived_pending is None:
+            self._derived_pending = asyncio.get_running_loop().call_soon(self._flush_derived)
 
     def _flush_derived(self) -> None:
         """Hand the values to consumers while the GX is alive; the first once Multi and SOC are known."""
-        self._derived_timer = None
+        self._derived_pending = None
         now, force, self._derived_force = self._derived_at_s, self._derived_force, False
         if not self._alive(now):
             return

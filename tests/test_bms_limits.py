@@ -1,7 +1,7 @@
 """BMS limits as a real GX reports them (Venus emulator, real broker, VictronMeter) under each policy."""
 
+from tests.support.running import running
 from tests.support.waiting import wait_until
-from tests.test_venus_emulator import running
 from tests.test_victron_meter import MAX_AGE_S, gx, make_meter
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.domain.limits import NO_BMS_SEEN, BmsUse, track_bms

@@ -8,8 +8,8 @@ import pytest
 
 from tests.support.brokers import TestBroker
 from tests.support.proxy import LoopbackProxy
+from tests.support.running import running
 from tests.support.waiting import wait_until
-from tests.test_venus_emulator import running
 from watti_watchman.clock import monotonic
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.mqtt import LastWill, MessageHandler, MqttSession, NotConnectedError

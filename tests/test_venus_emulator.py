@@ -5,15 +5,14 @@ import contextlib
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol
 
 import aiomqtt
 import pytest
 
 from tests.support.brokers import TestBroker
+from tests.support.running import running
 from tests.support.waiting import wait_until
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.sim.venus import (
@@ -81,26 +80,6 @@ class Probe:
         before = len(self.on(f"N/{portal_id}/{path}"))
         await self.publish(f"R/{portal_id}/{path}")
         await wait_until(lambda: len(self.on(f"N/{portal_id}/{path}")) > before, 2.0, f"R {path} answered")
-
-
-class Runnable(Protocol):
-    """Anything with a never-returning `run()`."""
-
-    async def run(self) -> None: ...
-
-
-@contextlib.asynccontextmanager
-async def running(*components: Runnable) -> AsyncIterator[None]:
-    """Run components as tasks for the block; re-raise anything they died of."""
-    tasks = [asyncio.create_task(component.run()) for component in components]
-    try:
-        yield
-    finally:
-        for task in tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                raise AssertionError("component crashed") from task.exception()
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def value_of(message: Received) -> object:

@@ -17,8 +17,9 @@ from typing import Literal
 import pytest
 
 from tests.support.brokers import TestBroker
+from tests.support.running import running
 from tests.support.waiting import wait_until
-from tests.test_venus_emulator import Probe, running
+from tests.test_venus_emulator import Probe
 from watti_watchman.config.meters import VictronConfig
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.meters.victron import SUPPRESS_REPUBLISH, VictronMeter

@@ -10,8 +10,9 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.brokers import TestBroker
+from tests.support.running import running
 from tests.support.waiting import wait_until
-from tests.test_venus_emulator import Probe, make_emulator, running
+from tests.test_venus_emulator import Probe, make_emulator
 from watti_watchman.config.meters import VictronConfig
 from watti_watchman.config.mqtt import MqttConnectionConfig
 from watti_watchman.domain.readings import PowerSample
